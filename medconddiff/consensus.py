@@ -1,0 +1,81 @@
+"""Consensus: fusing the per-step predictions of a trajectory into one mask, plus uncertainty.
+
+All functions are pure tensor functions on logits shaped (S, E, ..., K, H, W): S steps, E
+ensemble members, any batch dims, K classes. They return class probabilities (..., K, H, W);
+the label map is their argmax. The paper leaves the consensus open; the authors' code uses
+`mean_logits`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .errors import SettingsError
+
+
+def mean_logits(logits: torch.Tensor, logsnr: torch.Tensor | None = None) -> torch.Tensor:
+    """Equal-weight mean of the logits over steps and members, then softmax (the authors' choice)."""
+    return logits.mean(dim=(0, 1)).softmax(dim=-3)
+
+
+def mean_probs(logits: torch.Tensor, logsnr: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of the per-step class probabilities."""
+    return logits.softmax(dim=-3).mean(dim=(0, 1))
+
+
+def majority_vote(logits: torch.Tensor, logsnr: torch.Tensor | None = None) -> torch.Tensor:
+    """Each step and member votes for its argmax class; probabilities are the vote shares.
+
+    Ties go to the lower class index (background first), by argmax's rule.
+    """
+    k = logits.shape[-3]
+    votes = torch.nn.functional.one_hot(logits.argmax(dim=-3), k)  # (S, E, ..., H, W, K)
+    return votes.float().mean(dim=(0, 1)).movedim(-1, -3)
+
+
+def snr_weighted(logits: torch.Tensor, logsnr: torch.Tensor | None = None) -> torch.Tensor:
+    """Probabilities averaged with weight alpha_t^2 = sigmoid(logsnr): cleaner (later) steps count more."""
+    if logsnr is None:
+        raise SettingsError("snr_weighted needs the log-SNR of each step")
+    w = torch.sigmoid(logsnr.double()).clamp(min=1e-12)
+    w = (w / w.sum()).to(logits.dtype).reshape(-1, *([1] * (logits.dim() - 1)))  # (S, 1, ...)
+    return (logits.softmax(dim=-3) * w).sum(dim=0).mean(dim=0)
+
+
+def last(logits: torch.Tensor, logsnr: torch.Tensor | None = None) -> torch.Tensor:
+    """Only the final step (members averaged): what a sampler without consensus would return."""
+    return logits[-1].softmax(dim=-3).mean(dim=0)
+
+
+CONSENSUS: dict[str, Callable[..., torch.Tensor]] = {
+    "mean_logits": mean_logits,
+    "mean_probs": mean_probs,
+    "majority_vote": majority_vote,
+    "snr_weighted": snr_weighted,
+    "last": last,
+}
+
+
+@dataclass
+class Consensus:
+    probs: torch.Tensor  # (..., K, H, W)
+    labels: torch.Tensor  # (..., H, W) int64
+    agreement: torch.Tensor  # (..., H, W) fraction of steps x members whose argmax equals `labels`
+    entropy: torch.Tensor  # (..., H, W) predictive entropy of `probs`, divided by log K: in [0, 1]
+
+
+def fuse(logits: torch.Tensor, logsnr: torch.Tensor | None = None, *, method: str = "mean_logits") -> Consensus:
+    """logits (S, E, ..., K, H, W), logsnr (S,) -> `Consensus` with the label map and uncertainty maps."""
+    if method not in CONSENSUS:
+        raise SettingsError(f"unknown consensus {method!r}; accepted: {', '.join(CONSENSUS)}")
+    logits = logits.float()
+    probs = CONSENSUS[method](logits, logsnr)
+    labels = probs.argmax(dim=-3)
+    agreement = (logits.argmax(dim=-3) == labels).float().mean(dim=(0, 1))
+    k = probs.shape[-3]
+    entropy = -(probs * probs.clamp(min=1e-12).log()).sum(dim=-3) / math.log(k)
+    return Consensus(probs=probs, labels=labels, agreement=agreement, entropy=entropy.clamp(0, 1))

@@ -1,0 +1,153 @@
+"""Weights from a local folder or a Hugging Face Hub repo id, through safetensors only.
+
+A weights folder holds config.json + model.safetensors (+ README.md, the model card), as written
+by `MedCondDiff.save_pretrained`. `load_model` accepts:
+    None                  MEDCONDDIFF_WEIGHTS if set, else the bundled default under assets/weights/
+    a short name          a bundled folder: "brats-demo", "abdomen-ct-demo"
+    a folder path         loaded as is
+    "owner/name[@rev]"    downloaded (or taken from the cache) with huggingface_hub
+Loading is strict: every tensor must be present with the right shape; pickles are never read.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from .config import MedCondDiffConfig
+from .errors import WeightsError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "weights"
+DEFAULT_WEIGHTS = "brats-demo"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+
+
+def bundled_models() -> list[str]:
+    """Names of the weight folders shipped under assets/weights/."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / WEIGHTS_NAME).is_file())
+
+
+def _split_revision(spec: str) -> tuple[str, str | None]:
+    repo, _, rev = spec.partition("@")
+    return repo, (rev or None)
+
+
+def resolve(spec: str | os.PathLike | None = None) -> Path:
+    """Turn a weights spec into a local folder holding config.json and model.safetensors."""
+    if spec is None or str(spec) == "":
+        spec = os.environ.get("MEDCONDDIFF_WEIGHTS") or DEFAULT_WEIGHTS
+    spec = str(spec)
+    if (WEIGHTS_DIR / spec).is_dir() and "/" not in spec and "\\" not in spec:
+        return WEIGHTS_DIR / spec
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.replace("/", "", 1) or path.suffix
+    repo, rev = _split_revision(spec)
+    if path.exists():
+        raise WeightsError(f"{spec}: is a file; --weights takes a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    if looks_like_path or not _REPO_ID.match(repo):
+        known = ", ".join(bundled_models()) or "none bundled"
+        raise WeightsError(
+            f"{spec}: no such weights folder, and not a Hub repo id (owner/name[@revision]). "
+            f"Bundled models: {known}"
+        )
+    return _download(repo, rev)
+
+
+def _download(repo: str, revision: str | None) -> Path:
+    """Fetch config.json and model.safetensors of a Hub repo (or take them from the cache)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo}" + (f"@{revision}" if revision else "")
+    files = {}
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        try:
+            files[name] = Path(hf_hub_download(repo_id=repo, filename=name, revision=revision))
+        except RevisionNotFoundError:
+            raise WeightsError(f"Hub repo {repo}: revision {revision!r} does not exist") from None
+        except RepositoryNotFoundError:
+            raise WeightsError(f"Hub repo {repo} not found (or private: log in with `hf auth login`)") from None
+        except EntryNotFoundError:
+            extra = " (pickled .bin/.pt weights are never loaded)" if name == WEIGHTS_NAME else ""
+            raise WeightsError(f"Hub repo {where} has no {name}{extra}") from None
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+            raise WeightsError(
+                f"cannot reach the Hugging Face Hub for {where} and no cached copy exists. "
+                f"Connect to the internet (or set HF_ENDPOINT to a mirror), or download it elsewhere with "
+                f"`hf download {repo} --local-dir DIR` and pass that folder with --weights DIR"
+            ) from None
+        except HfHubHTTPError as err:
+            raise WeightsError(f"Hub repo {where}: download failed ({err})") from None
+    return files[WEIGHTS_NAME].parent
+
+
+def load_folder(folder: Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the model from folder/config.json and load folder/model.safetensors strictly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .model import MedCondDiff
+
+    config = MedCondDiffConfig.from_json(folder / CONFIG_NAME)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        others = sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        hint = f" (found {', '.join(others)}: pickled weights are never loaded)" if others else ""
+        raise WeightsError(f"{folder}: {WEIGHTS_NAME} not found{hint}")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"{weights}: not a valid safetensors file ({err})") from None
+    model = MedCondDiff(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} with the wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+        raise WeightsError(f"{weights}: does not match its config.json: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)  # copies and upcasts fp16 storage to the model's fp32
+    return model.to(device).eval()
+
+
+def load_model(spec: str | os.PathLike | None = None, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load MedCondDiff weights from a bundled name, a folder, or a Hub repo id (`id@revision`)."""
+    return load_folder(resolve(spec), device=device)
+
+
+def save_model(model, folder: str | Path, *, half: bool = False, model_card: str | None = None) -> Path:
+    """Write config.json + model.safetensors (+ README.md) with the Hub mixin's `save_pretrained`.
+
+    `half` stores fp16 tensors (half the download); `load_folder` upcasts them.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if model_card is not None:
+        (folder / "README.md").write_text(model_card, encoding="utf-8")
+    to_save = copy.deepcopy(model).half() if half else model
+    to_save.save_pretrained(folder, config=model.config.to_dict())
+    return folder

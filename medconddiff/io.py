@@ -1,0 +1,364 @@
+"""Reading and writing scans, intensity normalisation, and the model-grid geometry.
+
+Shapes: a 2D image is (C, H, W); a volume is (C, X, Y, Z) with slices taken along Z; a label
+map is (H, W) or (X, Y, Z). Everything read here is float32 and finite, or an `InputError`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import CT_WINDOWS, MedCondDiffConfig
+from .errors import InputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MAX_IMAGE_PIXELS = 4096 * 4096  # a 2D upload larger than this is refused before decoding
+MAX_VOLUME_VOXELS = 1024 * 1024 * 1024 // 4  # 1 GiB of float32 per modality
+MIN_SIDE = 8  # smaller images carry nothing the model can segment
+MAX_SPACING_MM = 100.0
+
+
+def kind_of(path: str | Path) -> str:
+    """'nifti' or 'image' from the file name; `InputError` for anything else."""
+    name = str(path).lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
+    raise InputError(
+        f"{Path(path).name}: unsupported file type; accepted: NIfTI ({', '.join(NIFTI_SUFFIXES)}) "
+        f"or 2D images ({', '.join(IMAGE_SUFFIXES)})"
+    )
+
+
+@dataclass
+class Scan:
+    """What was read from disk, before normalisation."""
+
+    data: np.ndarray  # (C, H, W) for 2D images, (C, X, Y, Z) for volumes; float32
+    affine: np.ndarray | None  # (4, 4) voxel -> world for NIfTI; None for 2D images
+    header: object | None  # the nibabel header of the first file (kept for writing back)
+    spacing: tuple[float, ...]  # mm per voxel along each spatial axis (1.0 for 2D images)
+    kind: str  # "nifti" or "image"
+
+    @property
+    def is_volume(self) -> bool:
+        return self.data.ndim == 4
+
+
+def _check_values(data: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise InputError(
+            f"{name}: contains {int(bad.sum())} NaN/Inf value(s); accepted: finite intensities only "
+            "(fill or mask them before segmenting)"
+        )
+    if data.size and float(data.max()) == float(data.min()):
+        raise InputError(f"{name}: every pixel has the same value ({float(data.min()):g}): a blank image has nothing to segment")
+
+
+def _read_nifti_file(path: Path) -> tuple[np.ndarray, np.ndarray, object, tuple[float, ...]]:
+    import nibabel as nib
+
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path.name}: the file is empty; accepted: a NIfTI-1/2 volume")
+    try:
+        img = nib.load(str(path))
+        shape = img.shape
+        if int(np.prod(shape[:3], dtype=np.int64)) > MAX_VOLUME_VOXELS:
+            raise InputError(f"{path.name}: volume of shape {shape} is too large (limit {MAX_VOLUME_VOXELS} voxels)")
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except InputError:
+        raise
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as err:
+        raise InputError(
+            f"{path.name}: not a readable NIfTI file ({type(err).__name__}: {err}); "
+            "accepted: .nii or .nii.gz volumes"
+        ) from None
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return data, np.asarray(img.affine, dtype=np.float64), img.header, zooms
+
+
+def read_nifti(paths: list[str | Path]) -> Scan:
+    """One file per modality (each 3-D), or one 4-D file with modalities on the last axis.
+
+    Returns a `Scan` with data (C, X, Y, Z). The affine and header are those of the first file.
+    """
+    paths = [Path(p) for p in paths]
+    arrays, affine, header, zooms = [], None, None, None
+    for path in paths:
+        data, aff, hdr, zz = _read_nifti_file(path)
+        while data.ndim > 4 and data.shape[-1] == 1:
+            data = data[..., 0]
+        if data.ndim == 2:
+            data = data[:, :, None]
+        if data.ndim == 3:
+            data = data[None]
+        elif data.ndim == 4:
+            if len(paths) > 1:
+                raise InputError(f"{path.name}: 4-D volume given with other files; give one 4-D file or one 3-D file per modality")
+            data = np.moveaxis(data, -1, 0)  # (X, Y, Z, C) -> (C, X, Y, Z)
+        else:
+            raise InputError(f"{path.name}: {data.ndim}-D data of shape {data.shape}; accepted: 3-D volumes or one 4-D volume with modalities last")
+        if arrays and data.shape[1:] != arrays[0].shape[1:]:
+            raise InputError(
+                f"{path.name}: shape {data.shape[1:]} differs from {paths[0].name} {arrays[0].shape[1:]}; "
+                "all modality files must share one grid"
+            )
+        if affine is None:
+            affine, header, zooms = aff, hdr, zz
+        arrays.append(data)
+    vol = np.concatenate(arrays, axis=0)
+    if min(vol.shape[1:3]) < MIN_SIDE:
+        raise InputError(f"{paths[0].name}: in-plane size {vol.shape[1:3]} is too small; at least {MIN_SIDE}x{MIN_SIDE} pixels")
+    if any(not (0 < z <= MAX_SPACING_MM) for z in zooms):
+        raise InputError(f"{paths[0].name}: voxel spacing {zooms} mm is not usable; accepted: each in (0, {MAX_SPACING_MM:g}] mm")
+    if not np.isfinite(affine).all():
+        raise InputError(f"{paths[0].name}: the affine contains NaN/Inf")
+    _check_values(vol, paths[0].name)
+    return Scan(data=vol, affine=affine, header=header, spacing=zooms, kind="nifti")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A 2D picture -> (C, H, W) float32 in its own units (0-255, 0-65535, or float).
+
+    Grey, palette, RGB, RGBA (alpha dropped), 16-bit and float images are accepted; an RGB image
+    whose three channels are equal is read as grey.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path.name}: the file is empty; accepted: PNG/JPG/BMP/TIFF images")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise InputError(f"{path.name}: {w}x{h} pixels is too large; accepted: at most {MAX_IMAGE_PIXELS} pixels (e.g. 4096x4096)")
+            if getattr(img, "n_frames", 1) > 1:
+                raise InputError(f"{path.name}: has {img.n_frames} frames; accepted: a single 2D image")
+            if img.mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            if img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+                img = img.convert("L" if img.mode == "1" else "RGB")
+            arr = np.asarray(img)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+        raise InputError(f"{path.name}: not a readable image ({type(err).__name__}); accepted: PNG/JPG/BMP/TIFF") from None
+    arr = arr.astype(np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 3:
+        arr = np.moveaxis(arr, -1, 0)  # (H, W, C) -> (C, H, W)
+        if arr.shape[0] in (2, 4):  # grey+alpha or RGBA: drop alpha
+            arr = arr[:-1]
+        if arr.shape[0] == 3 and np.array_equal(arr[0], arr[1]) and np.array_equal(arr[1], arr[2]):
+            arr = arr[:1]
+    else:
+        raise InputError(f"{path.name}: image array of shape {arr.shape} is not 2D")
+    if min(arr.shape[1:]) < MIN_SIDE:
+        raise InputError(f"{path.name}: {arr.shape[2]}x{arr.shape[1]} pixels is too small; at least {MIN_SIDE}x{MIN_SIDE}")
+    return arr
+
+
+def read_scan(paths: list[str | Path]) -> Scan:
+    """Read the input files of one case: NIfTI file(s), or one 2D image per modality."""
+    if not paths:
+        raise InputError("no input file given")
+    kinds = {kind_of(p) for p in paths}
+    if len(kinds) > 1:
+        raise InputError("mixed NIfTI and 2D image inputs; give one kind per case")
+    if kinds == {"nifti"}:
+        return read_nifti(paths)
+    chans = [read_image(p) for p in paths]
+    if len(chans) > 1:
+        if any(c.shape[0] != 1 for c in chans):
+            raise InputError("several 2D images were given, one per modality: each must be greyscale")
+        if len({c.shape for c in chans}) > 1:
+            raise InputError(f"modality images differ in size: {[c.shape[1:] for c in chans]}; they must match")
+    data = np.concatenate(chans, axis=0)
+    _check_values(data, Path(paths[0]).name)
+    return Scan(data=data, affine=None, header=None, spacing=(1.0, 1.0), kind="image")
+
+
+def read_labels(path: str | Path, *, shape: tuple[int, ...], num_classes: int) -> np.ndarray:
+    """A ground-truth label map (NIfTI or PNG) checked against the image grid and the classes."""
+    if kind_of(path) == "nifti":
+        import nibabel as nib
+
+        try:
+            arr = np.asarray(nib.load(str(path)).dataobj)
+        except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as err:
+            raise InputError(f"{Path(path).name}: not a readable NIfTI label map ({type(err).__name__})") from None
+        arr = np.squeeze(arr) if arr.ndim > len(shape) else arr
+    else:
+        arr = read_image(path)
+        if arr.shape[0] != 1:
+            raise InputError(f"{Path(path).name}: a label image must be greyscale (one value per pixel)")
+        arr = arr[0]
+    if tuple(arr.shape) != tuple(shape):
+        raise InputError(f"{Path(path).name}: ground truth shape {arr.shape} does not match the image {tuple(shape)}")
+    if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
+        raise InputError(f"{Path(path).name}: ground truth must hold integer labels")
+    labels = arr.astype(np.int64)
+    bad = np.setdiff1d(np.unique(labels), np.arange(num_classes))
+    if bad.size:
+        raise InputError(
+            f"{Path(path).name}: unknown label value(s) {bad[:8].tolist()}; this model's classes are 0..{num_classes - 1}"
+        )
+    return labels
+
+
+def write_nifti_labels(labels: np.ndarray, path: str | Path, *, affine: np.ndarray, header=None) -> None:
+    """(X, Y, Z) labels -> a uint8 NIfTI on the source grid, keeping the source affine."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(labels.astype(np.uint8), affine, header=header)
+    img.set_data_dtype(np.uint8)
+    img.header.set_slope_inter(1, 0)
+    nib.save(img, str(path))
+
+
+def write_png_labels(labels: np.ndarray, path: str | Path) -> None:
+    """(H, W) labels -> an 8-bit PNG whose pixel values are the class indices."""
+    from PIL import Image
+
+    Image.fromarray(labels.astype(np.uint8), mode="L").save(str(path))
+
+
+# -- normalisation ----------------------------------------------------------------------------
+
+
+def background_value(config: MedCondDiffConfig) -> float:
+    """The normalised value of empty space (air outside the head or body): used for padding."""
+    return -1.0 if config.modality == "ct" else 0.0
+
+
+def normalise(data: np.ndarray, config: MedCondDiffConfig, *, kind: str, ct_window: str | None = None) -> np.ndarray:
+    """Scanner or picture intensities (C, ...) -> the model's input range, float32.
+
+    mri: z-score of each channel inside the foreground (voxels non-zero in any channel), 0 outside.
+    ct:  NIfTI in Hounsfield units is clipped to a window and mapped to [-1, 1]; a 2D picture is
+         taken as already windowed and its 0..max range mapped to [-1, 1].
+    natural: 0..max -> [0, 1].
+    """
+    data = data.astype(np.float32, copy=False)
+    if data.shape[0] != config.image_channels:
+        raise InputError(
+            f"the model expects {config.image_channels} modality channel(s) "
+            f"({', '.join(config.channel_names)}), got {data.shape[0]}"
+        )
+    if config.modality == "mri":
+        fg = (data != 0).any(axis=0)
+        out = np.zeros_like(data)
+        if fg.sum() < 2:  # an empty slice (outside the head) stays empty
+            return out
+        for c in range(data.shape[0]):
+            vals = data[c][fg]
+            std = float(vals.std())
+            out[c][fg] = (vals - float(vals.mean())) / (std if std > 0 else 1.0)
+        return out
+    top = float(np.abs(data).max()) or 1.0
+    picture_max = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+    if config.modality == "ct":
+        if kind == "nifti":
+            name = ct_window or config.ct_window
+            if name not in CT_WINDOWS:
+                raise InputError(f"unknown CT window {name!r}; accepted: {', '.join(CT_WINDOWS)}")
+            level, width = CT_WINDOWS[name]
+            lo = level - width / 2
+            return (np.clip((data - lo) / width, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
+        return (np.clip(data / picture_max, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
+    return np.clip(data / picture_max, 0.0, 1.0).astype(np.float32)
+
+
+def window_to_display(hu: np.ndarray, window: str) -> np.ndarray:
+    """Hounsfield units -> uint8 picture with a named window (for example slices and overlays)."""
+    level, width = CT_WINDOWS[window]
+    return (np.clip((hu - (level - width / 2)) / width, 0, 1) * 255).round().astype(np.uint8)
+
+
+# -- model-grid geometry ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How one slice was cropped, padded to a square and resized; inverted exactly by `from_model_grid`."""
+
+    shape: tuple[int, int]  # (H, W) of the original slice
+    box: tuple[int, int, int, int]  # crop (y0, y1, x0, x1) in the original slice
+    pad: tuple[int, int, int, int]  # (top, bottom, left, right) to make the crop square
+    side: int  # side of the padded square, before resizing
+    size: int  # the model's image size
+
+
+def foreground_box(image: np.ndarray, background: float, *, margin: int = 8) -> tuple[int, int, int, int]:
+    """(C, H, W) -> (y0, y1, x0, x1) bounding the pixels that differ from `background`, plus a margin."""
+    fg = (np.abs(image - background) > 1e-6).any(axis=0)
+    h, w = fg.shape
+    if not fg.any():
+        return 0, h, 0, w
+    ys, xs = np.nonzero(fg.any(axis=1))[0], np.nonzero(fg.any(axis=0))[0]
+    return max(0, ys[0] - margin), min(h, ys[-1] + 1 + margin), max(0, xs[0] - margin), min(w, xs[-1] + 1 + margin)
+
+
+def plan_geometry(image: np.ndarray, config: MedCondDiffConfig) -> Geometry:
+    """Choose the crop and padding for a normalised (C, H, W) slice."""
+    _, h, w = image.shape
+    box = foreground_box(image, background_value(config)) if config.crop_foreground else (0, h, 0, w)
+    ch, cw = box[1] - box[0], box[3] - box[2]
+    side = max(ch, cw)
+    top, left = (side - ch) // 2, (side - cw) // 2
+    return Geometry(shape=(h, w), box=box, pad=(top, side - ch - top, left, side - cw - left), side=side, size=config.image_size)
+
+
+def to_model_grid(image: np.ndarray, geometry: Geometry, *, background: float) -> torch.Tensor:
+    """(C, H, W) normalised slice -> (C, size, size) tensor: crop, pad to square, resize (bilinear)."""
+    y0, y1, x0, x1 = geometry.box
+    t = torch.from_numpy(np.ascontiguousarray(image[:, y0:y1, x0:x1], dtype=np.float32))
+    top, bottom, left, right = geometry.pad
+    t = F.pad(t, (left, right, top, bottom), value=background)  # (C, side, side)
+    if geometry.side != geometry.size:
+        t = F.interpolate(t[None], size=(geometry.size, geometry.size), mode="bilinear", align_corners=False,
+                          antialias=geometry.side > geometry.size)[0]
+    return t
+
+
+def labels_to_model_grid(labels: np.ndarray, geometry: Geometry) -> torch.Tensor:
+    """(H, W) labels -> (size, size) int64 labels on the model grid (nearest neighbour)."""
+    y0, y1, x0, x1 = geometry.box
+    t = torch.from_numpy(np.ascontiguousarray(labels[y0:y1, x0:x1])).float()
+    top, bottom, left, right = geometry.pad
+    t = F.pad(t, (left, right, top, bottom), value=0.0)
+    t = F.interpolate(t[None, None], size=(geometry.size, geometry.size), mode="nearest-exact")[0, 0]
+    return t.long()
+
+
+def from_model_grid(maps: torch.Tensor, geometry: Geometry, *, fill: torch.Tensor) -> torch.Tensor:
+    """(N, size, size) maps on the model grid -> (N, H, W) on the original grid (bilinear).
+
+    Pixels outside the crop box get `fill` (N,): e.g. probability 1 for background, 0 otherwise.
+    """
+    top, bottom, left, right = geometry.pad
+    m = maps.float()
+    if geometry.side != geometry.size:
+        m = F.interpolate(m[None], size=(geometry.side, geometry.side), mode="bilinear", align_corners=False)[0]
+    m = m[:, top : geometry.side - bottom, left : geometry.side - right]  # (N, crop_h, crop_w)
+    h, w = geometry.shape
+    out = fill.float().reshape(-1, 1, 1).expand(m.shape[0], h, w).clone()
+    y0, y1, x0, x1 = geometry.box
+    out[:, y0:y1, x0:x1] = m
+    return out

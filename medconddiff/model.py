@@ -1,0 +1,193 @@
+"""The MedCondDiff network: image encoder (run once) + mask denoiser (run every step).
+
+    image (B, C, H, W) --1x1 adapter--> (B, 3, H, W) --PVT-v2 (timm)--> C1..C4 (strides 4..32)
+        --semantic decoder--> cond (B, width, H/4, W/4)                 [encode_image, once per image]
+    x_t (B, K, H, W) --pixel-unshuffle x4, 1x1--> time-conditioned block --> z (B, width, H/4, W/4)
+    fuse(z, cond): z + cond (add, the paper's choice) | 1x1(cat) (concat) | z (none)
+        --> time-conditioned block --> 2 x PixelShuffle(2) --> x0 logits (B, K, H, W)   [denoise, every step]
+
+The backbone sees only the image, so `cond` is computed once and reused at every sampling
+step and for every ensemble member. The per-step part uses depthwise-separable convolutions at
+stride 4 to stay cheap; the parameters that give capacity sit where compute is cheap (the
+backbone and the stride-32 context blocks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+
+from .config import MedCondDiffConfig
+from .diffusion import CosineLogSNR
+
+
+def _groups(ch: int) -> int:
+    return math.gcd(32, ch)
+
+
+def logsnr_embedding(logsnr: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B,) log-SNR values -> (B, dim) sinusoidal features (log-SNR lies in about [-20, 15])."""
+    half = dim // 2
+    freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), half, device=logsnr.device))
+    angles = logsnr.float()[:, None] * freqs[None, :] / 20.0  # (B, half)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class ConvBlock(nn.Module):
+    """Pre-activation residual block with two full 3x3 convolutions (used where maps are small)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(ch), ch)
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.norm2 = nn.GroupNorm(_groups(ch), ch)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return x + h
+
+
+class SepConv(nn.Sequential):
+    """Depthwise 3x3 then pointwise 1x1: a 3x3 receptive field at a ninth of the cost."""
+
+    def __init__(self, ch: int):
+        super().__init__(nn.Conv2d(ch, ch, 3, padding=1, groups=ch), nn.Conv2d(ch, ch, 1))
+
+
+class TimeBlock(nn.Module):
+    """Residual block whose second norm is scaled and shifted by the time embedding (FiLM)."""
+
+    def __init__(self, ch: int, time_dim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(ch), ch)
+        self.conv1 = SepConv(ch)
+        self.film = nn.Linear(time_dim, 2 * ch)
+        self.norm2 = nn.GroupNorm(_groups(ch), ch)
+        self.conv2 = SepConv(ch)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(temb)[:, :, None, None].chunk(2, dim=1)  # (B, ch, 1, 1) each
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return x + h
+
+
+class SemanticDecoder(nn.Module):
+    """Fuses the four backbone stages top-down into one stride-4 map of `width` channels."""
+
+    def __init__(self, in_channels: list[int], width: int, context_blocks: int):
+        super().__init__()
+        c4 = in_channels[-1]
+        self.context = nn.Sequential(*[ConvBlock(c4) for _ in range(context_blocks)])
+        self.lateral = nn.ModuleList([nn.Conv2d(c, width, 1) for c in in_channels])
+        # one 3x3 smoothing after the stride-8 merge: a small map, so affordable, and it removes
+        # the blockiness of nearest-neighbour upsampling before the last merge
+        self.smooth = nn.Conv2d(width, width, 3, padding=1)
+        self.out = nn.Sequential(nn.GroupNorm(_groups(width), width), nn.SiLU(), SepConv(width))
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """feats: [(B, C_i, H/2^(i+2), W/2^(i+2)) for i in 0..3] -> (B, width, H/4, W/4)."""
+        top = self.lateral[-1](self.context(feats[-1]))
+        for i in range(len(feats) - 2, -1, -1):
+            top = self.lateral[i](feats[i]) + F.interpolate(top, size=feats[i].shape[-2:], mode="nearest")
+            if i == 1:
+                top = self.smooth(top)
+        return top + self.out(top)
+
+
+class MedCondDiff(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="medconddiff",
+    tags=["medical-imaging", "segmentation", "diffusion"],
+    repo_url="https://arxiv.org/abs/2512.00350",
+    license="cc-by-nc-sa-3.0",
+):
+    """MedCondDiff: `encode_image` once per image, `denoise` at every sampling step."""
+
+    def __init__(self, config: MedCondDiffConfig):
+        super().__init__()
+        if isinstance(config, dict):  # from_pretrained hands over a plain dict on some paths
+            config = MedCondDiffConfig.from_dict(config)
+        self.config = config
+        k, w = config.num_classes, config.width
+        self.schedule = CosineLogSNR.from_config(config)
+
+        if config.fusion != "none":  # the "none" ablation arm has no image pathway at all
+            import timm  # imported here: building the model needs it, `import medconddiff` does not
+
+            self.adapter = nn.Conv2d(config.image_channels, 3, 1)
+            self.backbone = timm.create_model(
+                config.backbone, features_only=True, pretrained=config.pretrained_backbone
+            )
+            self.decoder = SemanticDecoder(self.backbone.feature_info.channels(), w, config.context_blocks)
+        if config.fusion == "concat":
+            self.fuse = nn.Conv2d(2 * w, w, 1)
+
+        t = config.time_embed_dim
+        self.time_mlp = nn.Sequential(nn.Linear(t, 2 * t), nn.SiLU(), nn.Linear(2 * t, t))
+        self.mask_in = nn.Sequential(nn.PixelUnshuffle(4), nn.Conv2d(16 * k, w, 1))
+        self.mask_block = TimeBlock(w, t)
+        self.mid_block = TimeBlock(w, t)
+        self.up1 = nn.Sequential(nn.Conv2d(w, 4 * (w // 2), 1), nn.PixelShuffle(2))  # stride 4 -> 2
+        self.up2 = nn.Sequential(  # stride 2 -> 1
+            nn.GroupNorm(_groups(w // 2), w // 2),
+            nn.SiLU(),
+            nn.Conv2d(w // 2, 4 * (w // 8), 1),
+            nn.PixelShuffle(2),
+        )
+        self.head = nn.Sequential(
+            nn.GroupNorm(_groups(w // 8), w // 8), nn.SiLU(), nn.Conv2d(w // 8, k, 3, padding=1)
+        )
+
+    # -- the two entry points -------------------------------------------------------------
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised image -> cond (B, width, H/4, W/4); (B, 0, H/4, W/4) for fusion "none"."""
+        b, _, h, w = image.shape
+        if self.config.fusion == "none":
+            return image.new_zeros(b, 0, h // 4, w // 4)
+        feats = self.backbone(self.adapter(image))
+        return self.decoder(feats)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x_t (B, K, H, W), t (B,) in [0, 1], cond (B, width, H/4, W/4) -> x0 logits (B, K, H, W)."""
+        temb = self.time_mlp(logsnr_embedding(self.schedule.logsnr(t.float()), self.config.time_embed_dim))
+        z = self.mask_block(self.mask_in(x_t), temb)  # (B, width, H/4, W/4)
+        if self.config.fusion == "add":
+            z = z + cond
+        elif self.config.fusion == "concat":
+            z = self.fuse(torch.cat([z, cond], dim=1))
+        z = self.mid_block(z, temb)
+        return self.head(self.up2(self.up1(z)))
+
+    def forward(self, image: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Training entry: image (B, C, H, W), x_t (B*R, K, H, W), t (B*R,) -> logits (B*R, K, H, W).
+
+        R noise draws per image share one `cond` (rows grouped image-major).
+        """
+        cond = self.encode_image(image)
+        repeats = x_t.shape[0] // image.shape[0]
+        if repeats > 1:
+            cond = cond.repeat_interleave(repeats, dim=0)  # (B*R, width, H/4, W/4)
+        return self.denoise(x_t, t, cond)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None = None, map_location: str = "cpu", **kwargs):
+        """`MedCondDiff.from_pretrained(...)` goes through the strict, safetensors-only loader."""
+        from .hub import load_model
+
+        return load_model(model_id if revision is None else f"{model_id}@{revision}", device=map_location)
+
+    # -- bookkeeping --------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter counts: backbone (timm + input adapter), the rest, and the total."""
+        total = sum(p.numel() for p in self.parameters())
+        bb = sum(p.numel() for n, p in self.named_parameters() if n.startswith(("backbone.", "adapter.")))
+        return {"backbone": bb, "rest": total - bb, "total": total}

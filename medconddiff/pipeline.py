@@ -1,0 +1,240 @@
+"""Image or volume in -> `Result` out: the one data path used by the app, the CLI and the evaluation.
+
+    files --io.read_scan--> Scan --io.normalise--> (C, H, W) or (C, X, Y, Z)
+      --per slice: plan_geometry + to_model_grid--> (B, C, size, size)
+      --model.encode_image (once)--> cond --sample_loop (S steps x E members)--> trajectory
+      --consensus.fuse--> probabilities + uncertainty --from_model_grid--> original grid
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from . import io
+from .consensus import CONSENSUS, fuse
+from .errors import SettingsError
+from .sampler import MAX_ENSEMBLE, MAX_STEPS, StepRecord, sample_loop
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    steps: int = 10
+    ensemble: int = 1
+    sampler: str = "ddim"
+    consensus: str = "mean_logits"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise SettingsError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if not 1 <= self.ensemble <= MAX_ENSEMBLE:
+            raise SettingsError(f"ensemble must be between 1 and {MAX_ENSEMBLE}, got {self.ensemble}")
+        if self.sampler not in ("ddim", "ddpm"):
+            raise SettingsError(f"unknown sampler {self.sampler!r}; accepted: ddim, ddpm")
+        if self.consensus not in CONSENSUS:
+            raise SettingsError(f"unknown consensus {self.consensus!r}; accepted: {', '.join(CONSENSUS)}")
+
+    @classmethod
+    def defaults_for(cls, config, **overrides) -> SamplingSettings:
+        """The model's own defaults (from its config), with any non-None overrides."""
+        base = dict(steps=config.default_steps, ensemble=config.default_ensemble,
+                    sampler=config.default_sampler, consensus=config.default_consensus)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+
+@dataclass
+class Trajectory:
+    """Every step of one image's sampling, on the model grid."""
+
+    t: np.ndarray  # (S,) times
+    logsnr: np.ndarray  # (S,) noise levels (higher = cleaner)
+    logits: torch.Tensor  # (S, E, K, size, size) predicted x0 logits
+    x_t: torch.Tensor | None  # (S, E, K, size, size) noisy masks fed in, if kept
+
+
+@dataclass
+class Result:
+    """One slice's segmentation on its original pixel grid."""
+
+    labels: np.ndarray  # (H, W) int64
+    probs: np.ndarray  # (K, H, W) float32
+    agreement: np.ndarray  # (H, W) fraction of steps x members agreeing with `labels`
+    entropy: np.ndarray  # (H, W) normalised predictive entropy in [0, 1]
+    geometry: io.Geometry
+    consensus: str
+    trajectory: Trajectory | None = field(default=None, repr=False)
+
+    def refuse(self, method: str) -> Result:
+        """The same sampling fused with another consensus function, without re-sampling."""
+        if self.trajectory is None:
+            raise SettingsError("this result kept no trajectory; re-run with keep_trajectory=True")
+        return _finish(self.trajectory, self.geometry, method)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU. Asking for CUDA without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("--device cuda was asked for but no CUDA GPU is available; use cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise SettingsError(f"unknown device {name!r}; accepted: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def _to_original(maps: torch.Tensor, geometry: io.Geometry, fill: torch.Tensor) -> np.ndarray:
+    return io.from_model_grid(maps, geometry, fill=fill).numpy()
+
+
+def _finish(traj: Trajectory, geometry: io.Geometry, method: str) -> Result:
+    """Fuse a trajectory and bring the maps back to the original grid."""
+    c = fuse(traj.logits, torch.from_numpy(traj.logsnr), method=method)
+    k = c.probs.shape[0]
+    bg = torch.zeros(k)
+    bg[0] = 1.0  # outside the crop box: certain background
+    probs = io.from_model_grid(c.probs, geometry, fill=bg)
+    unc = io.from_model_grid(torch.stack([c.agreement, c.entropy]), geometry, fill=torch.tensor([1.0, 0.0]))
+    return Result(
+        labels=probs.argmax(dim=0).numpy(),
+        probs=probs.numpy(),
+        agreement=unc[0].numpy(),
+        entropy=unc[1].numpy(),
+        geometry=geometry,
+        consensus=method,
+        trajectory=traj,
+    )
+
+
+def _empty_result(geometry: io.Geometry, k: int, method: str) -> Result:
+    h, w = geometry.shape
+    probs = np.zeros((k, h, w), np.float32)
+    probs[0] = 1.0
+    return Result(labels=np.zeros((h, w), np.int64), probs=probs, agreement=np.ones((h, w), np.float32),
+                  entropy=np.zeros((h, w), np.float32), geometry=geometry, consensus=method)
+
+
+def iter_segment_slices(
+    model,
+    slices: list[np.ndarray],
+    settings: SamplingSettings,
+    *,
+    kind: str,
+    ct_window: str | None = None,
+    generator: torch.Generator | None = None,
+    keep_trajectory: bool = False,
+) -> Iterator[StepRecord | list[Result]]:
+    """Segment raw slices [(C, H, W), ...] (as read; `kind` "nifti" or "image") as one batch.
+
+    Each slice is normalised on its own (the same statistics for a PNG slice, a NIfTI volume's
+    slice and a training slice). Yields a `StepRecord` after each sampling step (for progress and
+    streaming), then the list of `Result`s, one per slice. Pure-background slices skip the model.
+    """
+    config = model.config
+    device = next(model.parameters()).device
+    bg = io.background_value(config)
+    slices = [io.normalise(s, config, kind=kind, ct_window=ct_window) for s in slices]
+    geoms = [io.plan_geometry(s, config) for s in slices]
+    active = [i for i, s in enumerate(slices) if (np.abs(s - bg) > 1e-6).any()]
+    results: list[Result | None] = [None] * len(slices)
+    if generator is None:
+        generator = torch.Generator().manual_seed(settings.seed)
+    if active:
+        batch = torch.stack([io.to_model_grid(slices[i], geoms[i], background=bg) for i in active]).to(device)
+        with torch.inference_mode():
+            cond = model.encode_image(batch)  # (B, width, size/4, size/4): once for all steps and members
+            records = []
+            for rec in sample_loop(model, cond, steps=settings.steps, ensemble=settings.ensemble,
+                                   sampler=settings.sampler, generator=generator, keep_x_t=keep_trajectory):
+                rec = replace(rec, logits=rec.logits.cpu(), x_t=None if rec.x_t is None else rec.x_t.cpu())
+                records.append(rec)
+                yield rec
+        t = np.array([r.t for r in records])
+        logsnr = np.array([r.logsnr for r in records])
+        logits = torch.stack([r.logits for r in records])  # (S, E, B, K, size, size)
+        x_t = torch.stack([r.x_t for r in records]) if keep_trajectory else None
+        for j, i in enumerate(active):
+            traj = Trajectory(t=t, logsnr=logsnr, logits=logits[:, :, j],
+                              x_t=None if x_t is None else x_t[:, :, j])
+            res = _finish(traj, geoms[i], settings.consensus)
+            results[i] = res if keep_trajectory else replace(res, trajectory=None)
+    for i in range(len(slices)):
+        if results[i] is None:
+            results[i] = _empty_result(geoms[i], config.num_classes, settings.consensus)
+    yield results
+
+
+def segment_slices(model, slices: list[np.ndarray], settings: SamplingSettings, **kwargs) -> list[Result]:
+    """`iter_segment_slices` run to the end."""
+    out = None
+    for out in iter_segment_slices(model, slices, settings, **kwargs):
+        pass
+    return out
+
+
+def segment_image(model, image: np.ndarray, settings: SamplingSettings, **kwargs) -> Result:
+    """One raw (C, H, W) slice -> `Result` (keeps the trajectory unless told otherwise)."""
+    kwargs.setdefault("keep_trajectory", True)
+    return segment_slices(model, [image], settings, **kwargs)[0]
+
+
+@dataclass
+class VolumeResult:
+    labels: np.ndarray  # (X, Y, Z) int64
+    agreement: np.ndarray  # (X, Y, Z) float32
+    entropy: np.ndarray  # (X, Y, Z) float32
+
+
+def segment_volume(
+    model,
+    volume: np.ndarray,
+    settings: SamplingSettings,
+    *,
+    kind: str = "nifti",
+    ct_window: str | None = None,
+    batch_size: int = 8,
+    progress: bool | Callable[[int, int], None] = False,
+) -> VolumeResult:
+    """Raw (C, X, Y, Z) volume -> labels on the same grid, slice by slice along Z, batched.
+
+    One generator runs across all batches, so a seed reproduces the whole volume. `progress`
+    True shows a tqdm bar; a callable gets (slices done, total).
+    """
+    _, x, y, z = volume.shape
+    labels = np.zeros((x, y, z), np.int64)
+    agreement = np.ones((x, y, z), np.float32)
+    entropy = np.zeros((x, y, z), np.float32)
+    generator = torch.Generator().manual_seed(settings.seed)
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=z, unit="slice", desc="segmenting")
+    for start in range(0, z, batch_size):
+        idx = list(range(start, min(z, start + batch_size)))
+        results = segment_slices(model, [volume[..., k] for k in idx], settings, kind=kind,
+                                 ct_window=ct_window, generator=generator)
+        for k, r in zip(idx, results):
+            labels[..., k], agreement[..., k], entropy[..., k] = r.labels, r.agreement, r.entropy
+        if bar is not None:
+            bar.update(len(idx))
+        elif callable(progress):
+            progress(idx[-1] + 1, z)
+    if bar is not None:
+        bar.close()
+    return VolumeResult(labels=labels, agreement=agreement, entropy=entropy)
+
+
+def load_case(paths: list, config) -> io.Scan:
+    """Read the files of one case and check they fit the model (modality count)."""
+    scan = io.read_scan(paths)
+    if scan.data.shape[0] != config.image_channels:
+        raise io.InputError(
+            f"the model expects {config.image_channels} modality channel(s) ({', '.join(config.channel_names)}); "
+            f"got {scan.data.shape[0]} from {len(paths)} file(s). Give one file per modality, in that order."
+        )
+    return scan

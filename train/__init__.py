@@ -1,0 +1,1 @@
+"""Training, data preparation and evaluation for MedCondDiff (not imported by the library)."""

@@ -1,0 +1,352 @@
+"""Train MedCondDiff from a TOML config; one process or many (torchrun, DistributedDataParallel).
+
+    python -m train.train --config train/configs/brats_demo.toml [--set train.steps=100 ...]
+    torchrun --nproc_per_node 2 -m train.train --config ... (gloo on CPU, nccl on CUDA)
+
+Everything a run does is in its output folder: train.log, checkpoint.safetensors (resumable,
+no pickle), and the final EMA weights saved with `save_pretrained` (config.json +
+model.safetensors + README.md model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from medconddiff.config import MedCondDiffConfig
+from medconddiff.consensus import fuse
+from medconddiff.diffusion import class_weights_from_counts, hybrid_loss, labels_to_x0, q_sample
+from medconddiff.model import MedCondDiff
+from medconddiff.sampler import sample_loop
+
+from . import data as D
+
+log = logging.getLogger("train")
+
+
+@dataclass
+class TrainSettings:
+    out: str = "runs/brats_demo"
+    seed: int = 0
+    steps: int = 2000
+    batch_size: int = 8  # per process
+    noise_draws: int = 2  # noisy masks per image; they share one backbone pass
+    lr: float = 5e-4
+    weight_decay: float = 1e-2
+    warmup: int = 100
+    min_lr_ratio: float = 0.02
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    dice_weight: float = 0.3
+    ce_weight: float = 0.7
+    val_every: int = 250
+    val_slices: int = 48  # validation slices with foreground, sampled with val_steps steps
+    val_steps: int = 5
+    ckpt_every: int = 250
+    threads: int = 0  # torch CPU threads per process; 0 = cores / processes
+    half_weights: bool = True  # store the released weights in fp16 (loading upcasts)
+
+
+@dataclass
+class RunConfig:
+    model: MedCondDiffConfig
+    data: D.DataSettings = field(default_factory=D.DataSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    augment: D.AugmentSettings = field(default_factory=D.AugmentSettings)
+
+
+def _coerce(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def load_run_config(path: str | Path, overrides: list[str]) -> RunConfig:
+    """TOML file + `section.key=value` overrides -> RunConfig; unknown keys are errors."""
+    raw = tomllib.loads(Path(path).read_text())
+    for item in overrides:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not name:
+            raise SystemExit(f"override {item!r}: expected section.key=value")
+        raw.setdefault(section, {})[name] = _coerce(value)
+    unknown = set(raw) - {"model", "data", "train", "augment"}
+    if unknown:
+        raise SystemExit(f"{path}: unknown section(s) {sorted(unknown)}")
+
+    def build(cls, section):
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = set(raw.get(section, {})) - names
+        if bad:
+            raise SystemExit(f"{path}: unknown key(s) in [{section}]: {sorted(bad)}")
+        return cls(**raw.get(section, {}))
+
+    model_raw = {**MedCondDiffConfig().to_dict(), **raw.get("model", {})}
+    return RunConfig(
+        model=MedCondDiffConfig.from_dict(model_raw, source=f"{path} [model]"),
+        data=build(D.DataSettings, "data"),
+        train=build(TrainSettings, "train"),
+        augment=build(D.AugmentSettings, "augment"),
+    )
+
+
+# -- distributed helpers ----------------------------------------------------------------------
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+# -- checkpoints (safetensors only) ---------------------------------------------------------
+
+
+def save_checkpoint(path: Path, model, ema, opt, step: int, gen: torch.Generator) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in ema.state_dict().items()})
+    opt_state = opt.state_dict()
+    for pid, st in opt_state["state"].items():
+        for name, v in st.items():
+            tensors[f"opt.{pid}.{name}"] = v.detach().reshape(v.shape).contiguous() if torch.is_tensor(v) else torch.tensor(v)
+    tensors["rng.generator"] = gen.get_state()
+    meta = {"step": str(step), "param_groups": json.dumps(opt_state["param_groups"])}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)  # never leave a half-written checkpoint behind
+
+
+def load_checkpoint(path: Path, model, ema, opt, gen: torch.Generator) -> int:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    gen.set_state(tensors["rng.generator"])
+    return int(meta["step"])
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def validate(model, val: D.SliceSet, settings: TrainSettings, device) -> dict[str, float]:
+    """Foreground Dice per class on validation slices (model grid), fast sampling settings."""
+    model.eval()
+    k = model.config.num_classes
+    fg = (val.labels.flatten(1) > 0).any(1).nonzero().flatten()[: settings.val_slices]
+    if fg.numel() == 0:
+        return {}
+    inter = torch.zeros(k)
+    total = torch.zeros(k)
+    g = torch.Generator().manual_seed(1234)
+    for start in range(0, fg.numel(), 16):
+        idx = fg[start : start + 16]
+        img = val.images[idx].float().to(device)
+        cond = model.encode_image(img)
+        logits = torch.stack([r.logits for r in sample_loop(model, cond, steps=settings.val_steps, generator=g, keep_x_t=False)])
+        pred = fuse(logits.cpu()).labels  # (B, S, S)
+        lab = val.labels[idx].long()
+        for c in range(1, k):
+            inter[c] += ((pred == c) & (lab == c)).sum()
+            total[c] += (pred == c).sum() + (lab == c).sum()
+    dice = {f"dice_{c}": float(2 * inter[c] / total[c]) if total[c] > 0 else float("nan") for c in range(1, k)}
+    vals = [v for v in dice.values() if not math.isnan(v)]
+    dice["dice_fg_mean"] = sum(vals) / max(1, len(vals))
+    return dice
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+def lr_at(step: int, s: TrainSettings) -> float:
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    p = (step - s.warmup) / max(1, s.steps - s.warmup)
+    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
+    cases = D.find_cases(run.data.root, run.data)
+    m = run.model
+    key = f"{m.modality}_{m.image_channels}ch_{m.image_size}px_crop{int(m.crop_foreground)}"
+    if run.data.layout == "single":
+        tr = D.load_or_build(cache, f"{cases[0].name}_train_{key}_vb{run.data.val_block}",
+                             lambda: D.build_slices(cases, run.data, m, part="train"))
+        va = D.load_or_build(cache, f"{cases[0].name}_val_{key}_vb{run.data.val_block}",
+                             lambda: D.build_slices(cases, run.data, m, part="val"))
+        return tr, va
+    train_cases, val_cases = D.split_cases(cases, run.data)
+    tr = [D.load_or_build(cache, f"{c.name}_{key}", lambda c=c: D.build_slices([c], run.data, m)) for c in train_cases]
+    va = [D.load_or_build(cache, f"{c.name}_{key}", lambda c=c: D.build_slices([c], run.data, m)) for c in val_cases]
+
+    def cat(sets):
+        if not sets:
+            return D.SliceSet(torch.zeros(0, m.image_channels, m.image_size, m.image_size), torch.zeros(0, m.image_size, m.image_size))
+        return D.SliceSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]))
+
+    return cat(tr), cat(va)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train.train", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True, help="TOML file under train/configs/")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    ap.add_argument("--out", help="output folder (overrides train.out)")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    ap.add_argument("--cache", default=None, help="slice cache folder (default: OUT/../cache)")
+    ap.add_argument("--push-to-hub", metavar="REPO", help="publish the final weights to this Hub repo")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    run = load_run_config(args.config, args.set)
+    if args.out:
+        run.train.out = args.out
+    s = run.train
+    out = Path(s.out)
+    rank, world, device = setup_distributed()
+    is_main = rank == 0
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO if is_main else logging.WARNING,
+        format="%(asctime)s %(message)s",
+        handlers=[logging.FileHandler(out / "train.log")] if is_main else [logging.NullHandler()],
+    )
+    torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 1) // world))
+    cmd = "python -m train.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if is_main:
+        log.info("command: %s (world size %d, device %s)", cmd, world, device)
+        log.info("config: %s", json.dumps({"model": run.model.to_dict(), "data": dataclasses.asdict(run.data),
+                                            "train": dataclasses.asdict(s), "augment": dataclasses.asdict(run.augment)}))
+
+    cache = Path(args.cache) if args.cache else out.parent / "cache"
+    if is_main:
+        train_set, val_set = prepare_data(run, cache)
+    if world > 1:
+        dist.barrier()  # rank 0 built the cache; the others read it
+    if not is_main:
+        train_set, val_set = prepare_data(run, cache)
+    k = run.model.num_classes
+    class_w = class_weights_from_counts(D.class_counts(train_set.labels, k))
+    weights = D.slice_weights(train_set.labels, class_w)
+    if is_main:
+        log.info("train slices %d, val slices %d, class weights %s", len(train_set), len(val_set),
+                 [round(float(w), 3) for w in class_w])
+
+    torch.manual_seed(s.seed)  # identical initial weights on every rank
+    model = MedCondDiff(run.model).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    gen = torch.Generator().manual_seed(s.seed * 1000 + rank)  # data, augmentation and noise for this rank
+    step = 0
+    ckpt = out / "checkpoint.safetensors"
+    if args.resume and ckpt.is_file():
+        step = load_checkpoint(ckpt, model, ema, opt, gen)
+        if is_main:
+            log.info("resumed from %s at step %d", ckpt, step)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    bg = -1.0 if run.model.modality == "ct" else 0.0
+
+    bar = None
+    if is_main and not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=s.steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
+    t0 = time.time()
+    model.train()
+    while step < s.steps:
+        idx = torch.multinomial(weights, s.batch_size, replacement=True, generator=gen)
+        img, lab = D.augment(train_set.images[idx].float(), train_set.labels[idx].long(), run.augment, gen, background=bg)
+        r = s.noise_draws
+        lab_r = lab.repeat_interleave(r, dim=0)  # (B*R, S, S), image-major like MedCondDiff.forward
+        t = torch.rand(lab_r.shape[0], generator=gen)
+        noise = torch.randn((lab_r.shape[0], k, *lab.shape[-2:]), generator=gen)
+        x_t = q_sample(labels_to_x0(lab_r, k), t, noise, model.schedule)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, s)
+        logits = net(img.to(device), x_t.to(device), t.to(device))
+        loss, parts = hybrid_loss(logits, lab_r.to(device), class_weights=class_w, dice_weight=s.dice_weight, ce_weight=s.ce_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            decay = min(s.ema_decay, (1 + step) / (10 + step))  # short warm-up of the average
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+            for be, bm in zip(ema.buffers(), model.buffers()):
+                be.copy_(bm)
+        step += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if is_main and (step % 25 == 0 or step == s.steps):
+            log.info("step %d loss %.4f dice_loss %.4f ce %.4f grad %.2f lr %.2e (%.1f s)", step, loss.item(),
+                     parts["dice_loss"], parts["ce"], float(gnorm), lr_at(step - 1, s), time.time() - t0)
+        if is_main and len(val_set) and (step % s.val_every == 0 or step == s.steps):
+            v = validate(ema, val_set, s, device)
+            log.info("step %d validation %s", step, json.dumps({a: round(b, 4) for a, b in v.items()}))
+            if bar is not None:
+                bar.write(f"step {step}: validation foreground Dice {v.get('dice_fg_mean', float('nan')):.3f}")
+        if is_main and (step % s.ckpt_every == 0 or step == s.steps):
+            save_checkpoint(ckpt, model, ema, opt, step, gen)
+    if bar is not None:
+        bar.close()
+    if world > 1:
+        check = torch.tensor([sum(float(p.double().sum()) for p in model.parameters())], dtype=torch.float64)
+        gathered = [torch.zeros_like(check) for _ in range(world)]
+        dist.all_gather(gathered, check)
+        if is_main:
+            (out / "ddp_check.json").write_text(json.dumps({"param_sums": [float(x) for x in gathered]}))
+    if is_main:
+        minutes = (time.time() - t0) / 60
+        log.info("finished %d steps in %.1f min", s.steps, minutes)
+        from medconddiff.hub import save_model
+
+        save_model(ema, out / "weights", half=s.half_weights)
+        (out / "weights" / "training.json").write_text(json.dumps(
+            {"command": cmd, "seed": s.seed, "steps": s.steps, "world_size": world,
+             "wall_minutes": round(minutes, 1), "device": str(device),
+             "train_slices": len(train_set), "val_slices": len(val_set)}, indent=2))
+        if args.push_to_hub:
+            ema.push_to_hub(args.push_to_hub)
+    if world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
