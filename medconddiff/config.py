@@ -75,9 +75,7 @@ class MedCondDiffConfig:
         if self.image_channels < 1:
             problems.append(f"image_channels must be >= 1, got {self.image_channels}")
         if len(self.channel_names) != self.image_channels:
-            problems.append(
-                f"channel_names has {len(self.channel_names)} names for {self.image_channels} channels"
-            )
+            problems.append(f"channel_names has {len(self.channel_names)} names for {self.image_channels} channels")
         if self.num_classes < 2:
             problems.append(f"num_classes must be >= 2, got {self.num_classes}")
         if len(self.class_names) != self.num_classes:

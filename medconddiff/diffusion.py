@@ -79,7 +79,9 @@ def class_weights_from_counts(counts: torch.Tensor) -> torch.Tensor:
     return (w / w.mean()).float()
 
 
-def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, *, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+def soft_dice_loss(
+    logits: torch.Tensor, labels: torch.Tensor, *, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """1 - soft Dice, per class over the batch, weighted mean over classes.
 
     logits (B, K, H, W), labels (B, H, W) -> scalar. Classes absent from both the batch's labels

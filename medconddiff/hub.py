@@ -57,8 +57,7 @@ def resolve(spec: str | os.PathLike | None = None) -> Path:
     if looks_like_path or not _REPO_ID.match(repo):
         known = ", ".join(bundled_models()) or "none bundled"
         raise WeightsError(
-            f"{spec}: no such weights folder, and not a Hub repo id (owner/name[@revision]). "
-            f"Bundled models: {known}"
+            f"{spec}: no such weights folder, and not a Hub repo id (owner/name[@revision]). Bundled models: {known}"
         )
     return _download(repo, rev)
 
@@ -128,7 +127,9 @@ def load_folder(folder: Path, *, device: str | torch.device = "cpu") -> torch.nn
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} with the wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+            parts.append(
+                f"{len(wrong)} with the wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
+            )
         raise WeightsError(f"{weights}: does not match its config.json: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)  # copies and upcasts fp16 storage to the model's fp32
     return model.to(device).eval()

@@ -62,7 +62,9 @@ def _check_values(data: np.ndarray, name: str) -> None:
             "(fill or mask them before segmenting)"
         )
     if data.size and float(data.max()) == float(data.min()):
-        raise InputError(f"{name}: every pixel has the same value ({float(data.min()):g}): a blank image has nothing to segment")
+        raise InputError(
+            f"{name}: every pixel has the same value ({float(data.min()):g}): a blank image has nothing to segment"
+        )
 
 
 def _read_nifti_file(path: Path) -> tuple[np.ndarray, np.ndarray, object, tuple[float, ...]]:
@@ -82,8 +84,7 @@ def _read_nifti_file(path: Path) -> tuple[np.ndarray, np.ndarray, object, tuple[
         raise
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as err:
         raise InputError(
-            f"{path.name}: not a readable NIfTI file ({type(err).__name__}: {err}); "
-            "accepted: .nii or .nii.gz volumes"
+            f"{path.name}: not a readable NIfTI file ({type(err).__name__}: {err}); accepted: .nii or .nii.gz volumes"
         ) from None
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return data, np.asarray(img.affine, dtype=np.float64), img.header, zooms
@@ -106,10 +107,14 @@ def read_nifti(paths: list[str | Path]) -> Scan:
             data = data[None]
         elif data.ndim == 4:
             if len(paths) > 1:
-                raise InputError(f"{path.name}: 4-D volume given with other files; give one 4-D file or one 3-D file per modality")
+                raise InputError(
+                    f"{path.name}: 4-D volume given with other files; give one 4-D file or one 3-D file per modality"
+                )
             data = np.moveaxis(data, -1, 0)  # (X, Y, Z, C) -> (C, X, Y, Z)
         else:
-            raise InputError(f"{path.name}: {data.ndim}-D data of shape {data.shape}; accepted: 3-D volumes or one 4-D volume with modalities last")
+            raise InputError(
+                f"{path.name}: {data.ndim}-D data of shape {data.shape}; accepted: 3-D volumes or one 4-D volume with modalities last"
+            )
         if arrays and data.shape[1:] != arrays[0].shape[1:]:
             raise InputError(
                 f"{path.name}: shape {data.shape[1:]} differs from {paths[0].name} {arrays[0].shape[1:]}; "
@@ -120,9 +125,13 @@ def read_nifti(paths: list[str | Path]) -> Scan:
         arrays.append(data)
     vol = np.concatenate(arrays, axis=0)
     if min(vol.shape[1:3]) < MIN_SIDE:
-        raise InputError(f"{paths[0].name}: in-plane size {vol.shape[1:3]} is too small; at least {MIN_SIDE}x{MIN_SIDE} pixels")
+        raise InputError(
+            f"{paths[0].name}: in-plane size {vol.shape[1:3]} is too small; at least {MIN_SIDE}x{MIN_SIDE} pixels"
+        )
     if any(not (0 < z <= MAX_SPACING_MM) for z in zooms):
-        raise InputError(f"{paths[0].name}: voxel spacing {zooms} mm is not usable; accepted: each in (0, {MAX_SPACING_MM:g}] mm")
+        raise InputError(
+            f"{paths[0].name}: voxel spacing {zooms} mm is not usable; accepted: each in (0, {MAX_SPACING_MM:g}] mm"
+        )
     if not np.isfinite(affine).all():
         raise InputError(f"{paths[0].name}: the affine contains NaN/Inf")
     _check_values(vol, paths[0].name)
@@ -146,7 +155,9 @@ def read_image(path: str | Path) -> np.ndarray:
         with Image.open(path) as img:
             w, h = img.size
             if w * h > MAX_IMAGE_PIXELS:
-                raise InputError(f"{path.name}: {w}x{h} pixels is too large; accepted: at most {MAX_IMAGE_PIXELS} pixels (e.g. 4096x4096)")
+                raise InputError(
+                    f"{path.name}: {w}x{h} pixels is too large; accepted: at most {MAX_IMAGE_PIXELS} pixels (e.g. 4096x4096)"
+                )
             if getattr(img, "n_frames", 1) > 1:
                 raise InputError(f"{path.name}: has {img.n_frames} frames; accepted: a single 2D image")
             if img.mode == "P":
@@ -157,7 +168,9 @@ def read_image(path: str | Path) -> np.ndarray:
     except InputError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
-        raise InputError(f"{path.name}: not a readable image ({type(err).__name__}); accepted: PNG/JPG/BMP/TIFF") from None
+        raise InputError(
+            f"{path.name}: not a readable image ({type(err).__name__}); accepted: PNG/JPG/BMP/TIFF"
+        ) from None
     arr = arr.astype(np.float32)
     if arr.ndim == 2:
         arr = arr[None]
@@ -170,7 +183,9 @@ def read_image(path: str | Path) -> np.ndarray:
     else:
         raise InputError(f"{path.name}: image array of shape {arr.shape} is not 2D")
     if min(arr.shape[1:]) < MIN_SIDE:
-        raise InputError(f"{path.name}: {arr.shape[2]}x{arr.shape[1]} pixels is too small; at least {MIN_SIDE}x{MIN_SIDE}")
+        raise InputError(
+            f"{path.name}: {arr.shape[2]}x{arr.shape[1]} pixels is too small; at least {MIN_SIDE}x{MIN_SIDE}"
+        )
     return arr
 
 
@@ -322,7 +337,9 @@ def plan_geometry(image: np.ndarray, config: MedCondDiffConfig) -> Geometry:
     ch, cw = box[1] - box[0], box[3] - box[2]
     side = max(ch, cw)
     top, left = (side - ch) // 2, (side - cw) // 2
-    return Geometry(shape=(h, w), box=box, pad=(top, side - ch - top, left, side - cw - left), side=side, size=config.image_size)
+    return Geometry(
+        shape=(h, w), box=box, pad=(top, side - ch - top, left, side - cw - left), side=side, size=config.image_size
+    )
 
 
 def to_model_grid(image: np.ndarray, geometry: Geometry, *, background: float) -> torch.Tensor:
@@ -332,8 +349,13 @@ def to_model_grid(image: np.ndarray, geometry: Geometry, *, background: float) -
     top, bottom, left, right = geometry.pad
     t = F.pad(t, (left, right, top, bottom), value=background)  # (C, side, side)
     if geometry.side != geometry.size:
-        t = F.interpolate(t[None], size=(geometry.size, geometry.size), mode="bilinear", align_corners=False,
-                          antialias=geometry.side > geometry.size)[0]
+        t = F.interpolate(
+            t[None],
+            size=(geometry.size, geometry.size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=geometry.side > geometry.size,
+        )[0]
     return t
 
 

@@ -143,9 +143,7 @@ class MedCondDiff(
             nn.Conv2d(w // 2, 4 * (w // 8), 1),
             nn.PixelShuffle(2),
         )
-        self.head = nn.Sequential(
-            nn.GroupNorm(_groups(w // 8), w // 8), nn.SiLU(), nn.Conv2d(w // 8, k, 3, padding=1)
-        )
+        self.head = nn.Sequential(nn.GroupNorm(_groups(w // 8), w // 8), nn.SiLU(), nn.Conv2d(w // 8, k, 3, padding=1))
 
     # -- the two entry points -------------------------------------------------------------
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """Image or volume in -> `Result` out: the one data path used by the app, the CLI and the evaluation.
 
-    files --io.read_scan--> Scan --io.normalise--> (C, H, W) or (C, X, Y, Z)
-      --per slice: plan_geometry + to_model_grid--> (B, C, size, size)
-      --model.encode_image (once)--> cond --sample_loop (S steps x E members)--> trajectory
-      --consensus.fuse--> probabilities + uncertainty --from_model_grid--> original grid
+files --io.read_scan--> Scan --io.normalise--> (C, H, W) or (C, X, Y, Z)
+  --per slice: plan_geometry + to_model_grid--> (B, C, size, size)
+  --model.encode_image (once)--> cond --sample_loop (S steps x E members)--> trajectory
+  --consensus.fuse--> probabilities + uncertainty --from_model_grid--> original grid
 """
 
 from __future__ import annotations
@@ -41,8 +41,12 @@ class SamplingSettings:
     @classmethod
     def defaults_for(cls, config, **overrides) -> SamplingSettings:
         """The model's own defaults (from its config), with any non-None overrides."""
-        base = dict(steps=config.default_steps, ensemble=config.default_ensemble,
-                    sampler=config.default_sampler, consensus=config.default_consensus)
+        base = dict(
+            steps=config.default_steps,
+            ensemble=config.default_ensemble,
+            sampler=config.default_sampler,
+            consensus=config.default_consensus,
+        )
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -114,8 +118,14 @@ def _empty_result(geometry: io.Geometry, k: int, method: str) -> Result:
     h, w = geometry.shape
     probs = np.zeros((k, h, w), np.float32)
     probs[0] = 1.0
-    return Result(labels=np.zeros((h, w), np.int64), probs=probs, agreement=np.ones((h, w), np.float32),
-                  entropy=np.zeros((h, w), np.float32), geometry=geometry, consensus=method)
+    return Result(
+        labels=np.zeros((h, w), np.int64),
+        probs=probs,
+        agreement=np.ones((h, w), np.float32),
+        entropy=np.zeros((h, w), np.float32),
+        geometry=geometry,
+        consensus=method,
+    )
 
 
 def iter_segment_slices(
@@ -148,8 +158,15 @@ def iter_segment_slices(
         with torch.inference_mode():
             cond = model.encode_image(batch)  # (B, width, size/4, size/4): once for all steps and members
             records = []
-            for rec in sample_loop(model, cond, steps=settings.steps, ensemble=settings.ensemble,
-                                   sampler=settings.sampler, generator=generator, keep_x_t=keep_trajectory):
+            for rec in sample_loop(
+                model,
+                cond,
+                steps=settings.steps,
+                ensemble=settings.ensemble,
+                sampler=settings.sampler,
+                generator=generator,
+                keep_x_t=keep_trajectory,
+            ):
                 rec = replace(rec, logits=rec.logits.cpu(), x_t=None if rec.x_t is None else rec.x_t.cpu())
                 records.append(rec)
                 yield rec
@@ -158,8 +175,7 @@ def iter_segment_slices(
         logits = torch.stack([r.logits for r in records])  # (S, E, B, K, size, size)
         x_t = torch.stack([r.x_t for r in records]) if keep_trajectory else None
         for j, i in enumerate(active):
-            traj = Trajectory(t=t, logsnr=logsnr, logits=logits[:, :, j],
-                              x_t=None if x_t is None else x_t[:, :, j])
+            traj = Trajectory(t=t, logsnr=logsnr, logits=logits[:, :, j], x_t=None if x_t is None else x_t[:, :, j])
             res = _finish(traj, geoms[i], settings.consensus)
             results[i] = res if keep_trajectory else replace(res, trajectory=None)
     for i in range(len(slices)):
@@ -170,10 +186,10 @@ def iter_segment_slices(
 
 def segment_slices(model, slices: list[np.ndarray], settings: SamplingSettings, **kwargs) -> list[Result]:
     """`iter_segment_slices` run to the end."""
-    out = None
-    for out in iter_segment_slices(model, slices, settings, **kwargs):
-        pass
-    return out
+    results = None
+    for item in iter_segment_slices(model, slices, settings, **kwargs):
+        results = item  # the last item is the list of results
+    return results
 
 
 def segment_image(model, image: np.ndarray, settings: SamplingSettings, **kwargs) -> Result:
@@ -216,9 +232,10 @@ def segment_volume(
         bar = tqdm(total=z, unit="slice", desc="segmenting")
     for start in range(0, z, batch_size):
         idx = list(range(start, min(z, start + batch_size)))
-        results = segment_slices(model, [volume[..., k] for k in idx], settings, kind=kind,
-                                 ct_window=ct_window, generator=generator)
-        for k, r in zip(idx, results):
+        results = segment_slices(
+            model, [volume[..., k] for k in idx], settings, kind=kind, ct_window=ct_window, generator=generator
+        )
+        for k, r in zip(idx, results, strict=True):
             labels[..., k], agreement[..., k], entropy[..., k] = r.labels, r.agreement, r.entropy
         if bar is not None:
             bar.update(len(idx))

@@ -186,10 +186,17 @@ def augment(images: torch.Tensor, labels: torch.Tensor, aug: AugmentSettings, g:
         ang = (torch.rand(b, generator=g) * 2 - 1) * math.radians(aug.rotate_deg)
         sc = 1.0 + (torch.rand(b, generator=g) * 2 - 1) * aug.scale
         cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
-        theta = torch.stack([torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1)
+        theta = torch.stack(
+            [torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1
+        )
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        images = F.grid_sample(images - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
-        labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].long()
+        images = (
+            F.grid_sample(images - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            + background
+        )
+        labels = F.grid_sample(
+            labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+        )[:, 0].long()
     fg = (images - background).abs() > 1e-6
     c = images.shape[1]
     scale = 1.0 + (torch.rand(b, c, 1, 1, generator=g) * 2 - 1) * aug.intensity_scale

@@ -20,10 +20,10 @@ import os
 import shlex
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tomllib
 import torch
 import torch.distributed as dist
 
@@ -132,7 +132,9 @@ def save_checkpoint(path: Path, model, ema, opt, step: int, gen: torch.Generator
     opt_state = opt.state_dict()
     for pid, st in opt_state["state"].items():
         for name, v in st.items():
-            tensors[f"opt.{pid}.{name}"] = v.detach().reshape(v.shape).contiguous() if torch.is_tensor(v) else torch.tensor(v)
+            tensors[f"opt.{pid}.{name}"] = (
+                v.detach().reshape(v.shape).contiguous() if torch.is_tensor(v) else torch.tensor(v)
+            )
     tensors["rng.generator"] = gen.get_state()
     meta = {"step": str(step), "param_groups": json.dumps(opt_state["param_groups"])}
     tmp = path.with_suffix(".tmp")
@@ -177,7 +179,9 @@ def validate(model, val: D.SliceSet, settings: TrainSettings, device) -> dict[st
         idx = fg[start : start + 16]
         img = val.images[idx].float().to(device)
         cond = model.encode_image(img)
-        logits = torch.stack([r.logits for r in sample_loop(model, cond, steps=settings.val_steps, generator=g, keep_x_t=False)])
+        logits = torch.stack(
+            [r.logits for r in sample_loop(model, cond, steps=settings.val_steps, generator=g, keep_x_t=False)]
+        )
         pred = fuse(logits.cpu()).labels  # (B, S, S)
         lab = val.labels[idx].long()
         for c in range(1, k):
@@ -204,10 +208,16 @@ def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
     m = run.model
     key = f"{m.modality}_{m.image_channels}ch_{m.image_size}px_crop{int(m.crop_foreground)}"
     if run.data.layout == "single":
-        tr = D.load_or_build(cache, f"{cases[0].name}_train_{key}_vb{run.data.val_block}",
-                             lambda: D.build_slices(cases, run.data, m, part="train"))
-        va = D.load_or_build(cache, f"{cases[0].name}_val_{key}_vb{run.data.val_block}",
-                             lambda: D.build_slices(cases, run.data, m, part="val"))
+        tr = D.load_or_build(
+            cache,
+            f"{cases[0].name}_train_{key}_vb{run.data.val_block}",
+            lambda: D.build_slices(cases, run.data, m, part="train"),
+        )
+        va = D.load_or_build(
+            cache,
+            f"{cases[0].name}_val_{key}_vb{run.data.val_block}",
+            lambda: D.build_slices(cases, run.data, m, part="val"),
+        )
         return tr, va
     train_cases, val_cases = D.split_cases(cases, run.data)
     tr = [D.load_or_build(cache, f"{c.name}_{key}", lambda c=c: D.build_slices([c], run.data, m)) for c in train_cases]
@@ -215,7 +225,9 @@ def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
 
     def cat(sets):
         if not sets:
-            return D.SliceSet(torch.zeros(0, m.image_channels, m.image_size, m.image_size), torch.zeros(0, m.image_size, m.image_size))
+            return D.SliceSet(
+                torch.zeros(0, m.image_channels, m.image_size, m.image_size), torch.zeros(0, m.image_size, m.image_size)
+            )
         return D.SliceSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]))
 
     return cat(tr), cat(va)
@@ -249,8 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python -m train.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     if is_main:
         log.info("command: %s (world size %d, device %s)", cmd, world, device)
-        log.info("config: %s", json.dumps({"model": run.model.to_dict(), "data": dataclasses.asdict(run.data),
-                                            "train": dataclasses.asdict(s), "augment": dataclasses.asdict(run.augment)}))
+        log.info(
+            "config: %s",
+            json.dumps(
+                {
+                    "model": run.model.to_dict(),
+                    "data": dataclasses.asdict(run.data),
+                    "train": dataclasses.asdict(s),
+                    "augment": dataclasses.asdict(run.augment),
+                }
+            ),
+        )
 
     cache = Path(args.cache) if args.cache else out.parent / "cache"
     if is_main:
@@ -263,8 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     class_w = class_weights_from_counts(D.class_counts(train_set.labels, k))
     weights = D.slice_weights(train_set.labels, class_w)
     if is_main:
-        log.info("train slices %d, val slices %d, class weights %s", len(train_set), len(val_set),
-                 [round(float(w), 3) for w in class_w])
+        log.info(
+            "train slices %d, val slices %d, class weights %s",
+            len(train_set),
+            len(val_set),
+            [round(float(w), 3) for w in class_w],
+        )
 
     torch.manual_seed(s.seed)  # identical initial weights on every rank
     model = MedCondDiff(run.model).to(device)
@@ -289,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     while step < s.steps:
         idx = torch.multinomial(weights, s.batch_size, replacement=True, generator=gen)
-        img, lab = D.augment(train_set.images[idx].float(), train_set.labels[idx].long(), run.augment, gen, background=bg)
+        img, lab = D.augment(
+            train_set.images[idx].float(), train_set.labels[idx].long(), run.augment, gen, background=bg
+        )
         r = s.noise_draws
         lab_r = lab.repeat_interleave(r, dim=0)  # (B*R, S, S), image-major like MedCondDiff.forward
         t = torch.rand(lab_r.shape[0], generator=gen)
@@ -298,24 +325,34 @@ def main(argv: list[str] | None = None) -> int:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, s)
         logits = net(img.to(device), x_t.to(device), t.to(device))
-        loss, parts = hybrid_loss(logits, lab_r.to(device), class_weights=class_w, dice_weight=s.dice_weight, ce_weight=s.ce_weight)
+        loss, parts = hybrid_loss(
+            logits, lab_r.to(device), class_weights=class_w, dice_weight=s.dice_weight, ce_weight=s.ce_weight
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
         opt.step()
         with torch.no_grad():
             decay = min(s.ema_decay, (1 + step) / (10 + step))  # short warm-up of the average
-            for pe, pm in zip(ema.parameters(), model.parameters()):
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                 pe.lerp_(pm, 1 - decay)
-            for be, bm in zip(ema.buffers(), model.buffers()):
+            for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
                 be.copy_(bm)
         step += 1
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if is_main and (step % 25 == 0 or step == s.steps):
-            log.info("step %d loss %.4f dice_loss %.4f ce %.4f grad %.2f lr %.2e (%.1f s)", step, loss.item(),
-                     parts["dice_loss"], parts["ce"], float(gnorm), lr_at(step - 1, s), time.time() - t0)
+            log.info(
+                "step %d loss %.4f dice_loss %.4f ce %.4f grad %.2f lr %.2e (%.1f s)",
+                step,
+                loss.item(),
+                parts["dice_loss"],
+                parts["ce"],
+                float(gnorm),
+                lr_at(step - 1, s),
+                time.time() - t0,
+            )
         if is_main and len(val_set) and (step % s.val_every == 0 or step == s.steps):
             v = validate(ema, val_set, s, device)
             log.info("step %d validation %s", step, json.dumps({a: round(b, 4) for a, b in v.items()}))
@@ -337,10 +374,21 @@ def main(argv: list[str] | None = None) -> int:
         from medconddiff.hub import save_model
 
         save_model(ema, out / "weights", half=s.half_weights)
-        (out / "weights" / "training.json").write_text(json.dumps(
-            {"command": cmd, "seed": s.seed, "steps": s.steps, "world_size": world,
-             "wall_minutes": round(minutes, 1), "device": str(device),
-             "train_slices": len(train_set), "val_slices": len(val_set)}, indent=2))
+        (out / "weights" / "training.json").write_text(
+            json.dumps(
+                {
+                    "command": cmd,
+                    "seed": s.seed,
+                    "steps": s.steps,
+                    "world_size": world,
+                    "wall_minutes": round(minutes, 1),
+                    "device": str(device),
+                    "train_slices": len(train_set),
+                    "val_slices": len(val_set),
+                },
+                indent=2,
+            )
+        )
         if args.push_to_hub:
             ema.push_to_hub(args.push_to_hub)
     if world > 1:

@@ -1,0 +1,105 @@
+"""Segmentation metrics: Dice (= F1), IoU, HD95, BraTS regions and the two averaging conventions.
+
+Empty-mask conventions (stated once, used everywhere):
+    Dice / IoU: prediction and truth both empty -> 1.0 (nothing to find, nothing found);
+                exactly one empty -> 0.0.
+    HD95:       both empty -> 0.0 mm; exactly one empty -> NaN (undefined: averages skip it and
+                report how many cases were skipped).
+Averages: "foreground" averages classes 1..K-1 (the usual convention); "all" also includes the
+background class 0, which is what the paper's tables appear to do. Both are reported.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+BRATS_REGIONS: dict[str, tuple[int, ...]] = {
+    "WT": (1, 2, 3, 4),  # whole tumour
+    "TC": (1, 3, 4),  # tumour core
+    "ET": (4,),  # enhancing tumour
+}
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean masks of the same shape (any dimension)."""
+    p, t = pred.astype(bool), truth.astype(bool)
+    denom = int(p.sum()) + int(t.sum())
+    return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union of two boolean masks of the same shape."""
+    p, t = pred.astype(bool), truth.astype(bool)
+    union = int((p | t).sum())
+    return 1.0 if union == 0 else int((p & t).sum()) / union
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...] | None = None) -> float:
+    """95th percentile of the symmetric surface distances, in mm (voxel units times `spacing`)."""
+    from scipy import ndimage
+
+    p, t = pred.astype(bool), truth.astype(bool)
+    if not p.any() and not t.any():
+        return 0.0
+    if not p.any() or not t.any():
+        return float("nan")
+    spacing = tuple(spacing) if spacing is not None else (1.0,) * p.ndim
+    sp, st = _surface(p), _surface(t)
+    d_to_t = ndimage.distance_transform_edt(~st, sampling=spacing)  # distance of each voxel to truth's surface
+    d_to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)
+    dists = np.concatenate([d_to_t[sp], d_to_p[st]])
+    return float(np.percentile(dists, 95))
+
+
+def per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, list[float]]:
+    """Label maps -> {"dice": [K values], "iou": [K values]} (class 0 = background included)."""
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
+    return {
+        "dice": [dice(pred == c, truth == c) for c in range(num_classes)],
+        "iou": [iou(pred == c, truth == c) for c in range(num_classes)],
+    }
+
+
+def averages(values: list[float]) -> dict[str, float]:
+    """K per-class values -> {"foreground": mean of classes 1..K-1, "all": mean of 0..K-1}."""
+    return {"foreground": float(np.mean(values[1:])), "all": float(np.mean(values))}
+
+
+def brats_regions(
+    pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...] | None = None
+) -> dict[str, dict[str, float]]:
+    """BraTS WT/TC/ET: {"WT": {"dice": .., "hd95": ..}, ...} from label maps with labels 0..4."""
+    out = {}
+    for name, labels in BRATS_REGIONS.items():
+        p, t = np.isin(pred, labels), np.isin(truth, labels)
+        out[name] = {"dice": dice(p, t), "hd95": hd95(p, t, spacing)}
+    return out
+
+
+def nanmean(values: list[float]) -> tuple[float, int]:
+    """Mean over the finite values and how many were skipped as undefined (NaN)."""
+    finite = [v for v in values if not math.isnan(v)]
+    return (float(np.mean(finite)) if finite else float("nan")), len(values) - len(finite)
+
+
+def evaluate_case(pred: np.ndarray, truth: np.ndarray, num_classes: int, *, spacing=None, brats: bool = False) -> dict:
+    """Everything reported for one case: per-class Dice/IoU, both averages, and BraTS regions if asked."""
+    pc = per_class(pred, truth, num_classes)
+    out = {
+        "dice": pc["dice"],
+        "iou": pc["iou"],
+        "dice_mean": averages(pc["dice"]),
+        "iou_mean": averages(pc["iou"]),
+    }
+    if brats:
+        out["brats"] = brats_regions(pred, truth, spacing)
+    return out
