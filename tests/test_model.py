@@ -1,0 +1,101 @@
+"""The network: shapes, finiteness, fusion arms, parameter budget, save -> load round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medconddiff.config import MedCondDiffConfig
+from medconddiff.errors import WeightsError
+from medconddiff.hub import load_model, save_model
+from medconddiff.model import MedCondDiff
+
+
+@pytest.mark.parametrize("fusion", ["add", "concat", "none"])
+@pytest.mark.parametrize(("size", "channels", "classes"), [(64, 1, 2), (96, 2, 5), (128, 4, 3)])
+def test_shapes_and_finite(fusion, size, channels, classes):
+    torch.manual_seed(0)
+    cfg = MedCondDiffConfig(image_size=size, image_channels=channels, channel_names=[f"c{i}" for i in range(channels)],
+                            num_classes=classes, class_names=[f"k{i}" for i in range(classes)], fusion=fusion)
+    model = MedCondDiff(cfg).eval()
+    image = torch.randn(2, channels, size, size)
+    x_t = torch.randn(2, classes, size, size)
+    t = torch.tensor([0.1, 0.9])
+    with torch.no_grad():
+        cond = model.encode_image(image)
+        logits = model.denoise(x_t, t, cond)
+    assert cond.shape == (2, 0 if fusion == "none" else cfg.width, size // 4, size // 4)
+    assert logits.shape == (2, classes, size, size)
+    assert torch.isfinite(logits).all()
+
+
+def test_default_parameter_budget_matches_paper():
+    counts = MedCondDiff(MedCondDiffConfig()).parameter_counts()
+    assert 24.0e6 <= counts["total"] <= 25.5e6  # paper: 24.7M
+    assert counts["backbone"] + counts["rest"] == counts["total"]
+
+
+def test_channels_come_from_timm_feature_info():
+    model = MedCondDiff(MedCondDiffConfig(image_size=64))
+    chans = model.backbone.feature_info.channels()
+    assert [m.in_channels for m in model.decoder.lateral] == chans
+
+
+def test_conditioning_changes_the_prediction(tiny_model):
+    """With fusion=add the image matters: two different images give different logits."""
+    x_t = torch.randn(1, 5, 64, 64)
+    t = torch.tensor([0.5])
+    with torch.no_grad():
+        a = tiny_model.denoise(x_t, t, tiny_model.encode_image(torch.randn(1, 2, 64, 64)))
+        b = tiny_model.denoise(x_t, t, tiny_model.encode_image(torch.randn(1, 2, 64, 64)))
+    assert not torch.allclose(a, b)
+
+
+def test_forward_shares_cond_across_noise_draws(tiny_model):
+    image = torch.randn(2, 2, 64, 64)
+    x_t = torch.randn(4, 5, 64, 64)  # 2 draws per image, image-major
+    t = torch.rand(4)
+    with torch.no_grad():
+        joint = tiny_model(image, x_t, t)
+        cond = tiny_model.encode_image(image)
+        sep = tiny_model.denoise(x_t, t, cond.repeat_interleave(2, dim=0))
+    torch.testing.assert_close(joint, sep)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_save_load_round_trip_is_bit_identical(tiny_model, tmp_path, half):
+    image = torch.randn(1, 2, 64, 64)
+    x_t = torch.randn(1, 5, 64, 64)
+    t = torch.tensor([0.3])
+    save_model(tiny_model, tmp_path / "w", half=half)
+    loaded = load_model(tmp_path / "w")
+    if half:  # fp16 storage: a second save/load cycle must not change anything further
+        save_model(loaded, tmp_path / "w2", half=True)
+        ref, loaded = loaded, load_model(tmp_path / "w2")
+    else:
+        ref = tiny_model
+    assert loaded.config == ref.config
+    with torch.no_grad():
+        a = ref.denoise(x_t, t, ref.encode_image(image))
+        b = loaded.denoise(x_t, t, loaded.encode_image(image))
+    assert torch.equal(a, b)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())  # fp16 storage is upcast
+
+
+def test_from_pretrained_uses_strict_loader(tiny_weights):
+    model = MedCondDiff.from_pretrained(str(tiny_weights))
+    assert model.config.image_size == 64
+
+
+def test_config_is_strict(tmp_path):
+    d = MedCondDiffConfig().to_dict()
+    assert MedCondDiffConfig.from_dict(d) == MedCondDiffConfig()
+    with pytest.raises(WeightsError, match="unknown field"):
+        MedCondDiffConfig.from_dict({**d, "colour": "blue"})
+    d.pop("fusion")
+    with pytest.raises(WeightsError, match="missing field"):
+        MedCondDiffConfig.from_dict(d)
+    with pytest.raises(WeightsError, match="fusion must be one of"):
+        MedCondDiffConfig(fusion="multiply")
+    with pytest.raises(WeightsError, match="multiple of 32"):
+        MedCondDiffConfig(image_size=100)
