@@ -1,0 +1,548 @@
+"""Speed and memory of MedCondDiff, side by side, on the real architecture.
+
+    python benchmarks/bench.py [--device cpu|cuda] [--sizes 128,256,352] [--json OUT] [--weights W] [--quick]
+
+Per image size (batch 1; random weights, or the --weights model where its size matches):
+  backbone     `model.encode_image`, per image                   (this design: once per image)
+  denoiser     `model.denoise`, per step                          (every step)
+  default      one real slice end to end through `pipeline.segment_image` with the model's default
+               settings (steps, ensemble, consensus), as the command line runs it
+  core         the same from the model-grid tensor to the fused label map: backbone once, `sample_loop`,
+               consensus
+  every_step   the authors' structure: identical to `core` except that the backbone runs at every step
+  ddpm1000     MedSegDiff-style: 1000 ancestral (DDPM) steps with the backbone at every step, no
+               consensus; timed on the first N steps and extrapolated linearly to 1000 (said in the output)
+  memory       peak RSS (CPU) or max_memory_allocated / max_memory_reserved (CUDA) over one default run
+At the headline size (256): ensembles of E = 1, 4, 8 members in one batch vs E separate runs.
+For a volume: slices per second through `pipeline.load_case` + `pipeline.segment_volume` (the CLI path).
+
+Every time is a median over repeats after warm-up. Timings on shared machines are noisy: read the
+ratios, which compare runs taken minutes apart on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if importlib.util.find_spec("medconddiff") is None:  # run as `python benchmarks/bench.py` from a checkout
+    sys.path.insert(0, str(REPO))
+
+from medconddiff import io  # noqa: E402
+from medconddiff.config import MedCondDiffConfig  # noqa: E402
+from medconddiff.consensus import fuse  # noqa: E402
+from medconddiff.diffusion import probs_to_x0  # noqa: E402
+from medconddiff.model import MedCondDiff  # noqa: E402
+from medconddiff.pipeline import SamplingSettings, load_case, segment_image, segment_volume  # noqa: E402
+from medconddiff.sampler import MaskScheduler, sample_loop  # noqa: E402
+
+EXAMPLE_SLICE = [
+    REPO / "assets/examples/brats_pat0003_z080_flair.png",
+    REPO / "assets/examples/brats_pat0003_z080_t1c.png",
+]
+VOLUME_CASE = REPO.parent / "shared/data/brats2015/validation/brats_2013_pat0003_1"
+VOLUME_FILES = ["Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"]
+EXAMPLE_SLAB = [
+    REPO / "assets/examples/brats_pat0004_slab_flair.nii.gz",
+    REPO / "assets/examples/brats_pat0004_slab_t1c.nii.gz",
+]
+DDPM_STEPS = 1000
+HEADLINE_SIZE = 256
+ENSEMBLES = (1, 4, 8)
+
+
+# -- timing and memory ----------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], *, device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of `fn`, `repeats` times after `warmup` untimed calls (CUDA synchronised)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _stats(times: list[float]) -> dict[str, float | list[float]]:
+    return {"median": statistics.median(times), "min": min(times), "samples": [round(t, 6) for t in times]}
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak memory over a `with` block.
+
+    CPU: the resident set's high-water mark (Linux VmHWM, reset on entry through /proc/self/clear_refs);
+    where that reset is not possible, ru_maxrss, the peak over the whole process so far (flagged).
+    CUDA: `torch.cuda.max_memory_allocated` / `max_memory_reserved`, with the cache emptied and the
+    peaks reset on entry, so `reserved` is what this block needed, not what earlier blocks left cached.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.result: dict[str, float | str] = {}
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._before = torch.cuda.memory_allocated(self.device)
+            return self
+        self._rss_before = _proc_status_kb("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self._method = "VmHWM (reset at the start of the run)"
+        except OSError:
+            self._method = "ru_maxrss (peak over the whole process, not just this run)"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        mb = 1024.0**2
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.result = {
+                "max_memory_allocated_mb": torch.cuda.max_memory_allocated(self.device) / mb,
+                "max_memory_reserved_mb": torch.cuda.max_memory_reserved(self.device) / mb,
+                "allocated_before_mb": self._before / mb,
+            }
+            return
+        peak_kb = _proc_status_kb("VmHWM") if self._method.startswith("VmHWM") else None
+        if peak_kb is None:
+            peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+        before = (self._rss_before or 0) / 1024.0
+        self.result = {"peak_rss_mb": peak_kb / 1024.0, "rss_before_mb": before, "method": self._method}
+
+
+def memory_summary(mem: dict) -> str:
+    if "max_memory_reserved_mb" in mem:
+        return f"{mem['max_memory_allocated_mb']:.0f}/{mem['max_memory_reserved_mb']:.0f} MB alloc/resv"
+    return f"{mem['peak_rss_mb']:.0f} MB RSS (+{mem['peak_rss_mb'] - mem['rss_before_mb']:.0f})"
+
+
+# -- inputs and models ----------------------------------------------------------------------------
+
+
+def example_slice(channels: int) -> tuple[np.ndarray, str, str]:
+    """A real slice as read from disk (C, H, W), its kind, and where it came from (synthetic if absent)."""
+    if channels == len(EXAMPLE_SLICE) and all(p.is_file() for p in EXAMPLE_SLICE):
+        scan = io.read_scan(EXAMPLE_SLICE)
+        return scan.data, scan.kind, "assets/examples/brats_pat0003_z080 (FLAIR, T1c PNG)"
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:240, :240]
+    inside = (yy - 120) ** 2 + (xx - 110) ** 2 < 95**2  # a head-sized disc on empty background
+    data = np.where(inside, rng.normal(1.0, 0.3, (channels, 240, 240)), 0.0).astype(np.float32)
+    return data, "nifti", "synthetic 240x240 disc (example slice not available)"
+
+
+def example_volume(config: MedCondDiffConfig, slices: int) -> tuple[np.ndarray, str, str]:
+    """A real volume (C, X, Y, Z) read as the command line reads it (`load_case`), cut or tiled to `slices`."""
+    if all(p.is_file() for p in (VOLUME_CASE / f for f in VOLUME_FILES)):
+        files, source = [VOLUME_CASE / f for f in VOLUME_FILES], f"{VOLUME_CASE.name} (../shared/data, FLAIR + T1c)"
+    elif all(p.is_file() for p in EXAMPLE_SLAB):
+        files, source = EXAMPLE_SLAB, "assets/examples/brats_pat0004_slab (FLAIR + T1c), tiled along z"
+    else:
+        raw, kind, src = example_slice(config.image_channels)
+        return np.repeat(raw[..., None], slices, axis=-1), kind, f"{src}, repeated along z"
+    scan = load_case(files, config)
+    data = scan.data
+    if data.shape[-1] < slices:
+        data = np.concatenate([data] * math.ceil(slices / data.shape[-1]), axis=-1)
+    start = (data.shape[-1] - slices) // 2  # the middle `slices` of the volume
+    return data[..., start : start + slices], scan.kind, source
+
+
+def model_grid(model, raw: np.ndarray, kind: str, device: torch.device) -> torch.Tensor:
+    """Raw (C, H, W) slice -> (1, C, size, size) model input, by the pipeline's own io steps."""
+    config = model.config
+    norm = io.normalise(raw, config, kind=kind)
+    geometry = io.plan_geometry(norm, config)
+    return io.to_model_grid(norm, geometry, background=io.background_value(config))[None].to(device)
+
+
+def build_model(size: int, weights, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The real architecture at `size`: the --weights model if its size matches, else random weights."""
+    if weights is not None and weights.config.image_size == size:
+        return weights, "shipped"
+    torch.manual_seed(0)
+    return MedCondDiff(MedCondDiffConfig(image_size=size)).to(device).eval(), "random"
+
+
+# -- the structures compared ----------------------------------------------------------------------
+
+
+def ours(model, image: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+    """This design: backbone once, then `sample_loop`, then the consensus. (B, C, H, W) -> (B, H, W) labels."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    with torch.inference_mode():
+        cond = model.encode_image(image)
+        records = list(
+            sample_loop(
+                model,
+                cond,
+                steps=settings.steps,
+                ensemble=settings.ensemble,
+                sampler=settings.sampler,
+                generator=generator,
+                keep_x_t=False,
+            )
+        )
+        logits = torch.stack([r.logits for r in records])  # (S, E, B, K, H, W)
+        logsnr = torch.tensor([r.logsnr for r in records])
+        return fuse(logits.cpu(), logsnr, method=settings.consensus).labels
+
+
+def backbone_every_step(
+    model, image: torch.Tensor, settings: SamplingSettings, *, limit: int | None = None, consensus: bool = True
+) -> torch.Tensor | None:
+    """The authors' structure: `encode_image` inside the step loop, everything else as in `sample_loop`.
+
+    Their backbone also sees the noisy mask, so its features cannot be reused across steps; here it
+    sees only the image (a little less work than theirs). `limit` stops after that many steps (for
+    timing a 1000-step run in part); `consensus=False` keeps no trajectory (MedSegDiff returns the
+    last x0). (B, C, H, W) -> (B, H, W) labels, or None when stopped early or without consensus.
+    """
+    generator = torch.Generator().manual_seed(settings.seed)
+    e, b = settings.ensemble, image.shape[0]
+    k, size = model.config.num_classes, image.shape[-1]
+    scheduler = MaskScheduler(model.schedule, kind=settings.sampler)
+    scheduler.set_timesteps(settings.steps)
+    kept, logsnr = [], []
+    with torch.inference_mode():
+        x_t = torch.randn((e * b, k, size, size), generator=generator).to(image.device)
+        for i, t in enumerate(scheduler.timesteps[:limit]):
+            cond = model.encode_image(image)  # the step that this design hoists out of the loop
+            cond = cond.repeat(e, *([1] * (cond.dim() - 1)))  # (E*B, width, h, w)
+            t_batch = torch.full((e * b,), float(t), device=image.device)
+            logits = model.denoise(x_t, t_batch, cond).float()  # (E*B, K, H, W)
+            if consensus:
+                kept.append(logits.reshape(e, b, k, size, size).cpu())
+                logsnr.append(float(model.schedule.logsnr(t.reshape(1))))
+            x0_hat = probs_to_x0(logits.softmax(dim=1))
+            x_t = scheduler.step(x0_hat.to(x_t.dtype), i, x_t, generator=generator).prev_sample
+        if not consensus or len(kept) < settings.steps:
+            return None
+        return fuse(torch.stack(kept), torch.tensor(logsnr), method=settings.consensus).labels
+
+
+# -- the benchmark --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    warmup: int
+    repeats: int  # for the per-call timings (backbone, denoiser)
+    runs: int  # for the whole segmentations
+    ddpm_steps: int  # steps of the 1000-step DDPM actually timed
+    volume_slices: int
+    volume_batch: int
+
+
+def bench_size(model, origin: str, raw: np.ndarray, kind: str, plan: Plan, device: torch.device) -> dict:
+    """Everything measured at one image size, batch 1."""
+    config = model.config
+    settings = SamplingSettings.defaults_for(config)
+    image = model_grid(model, raw, kind, device)  # (1, C, size, size)
+    out: dict = {"weights": origin, "parameters": model.parameter_counts()["total"]}
+
+    with torch.inference_mode():
+        cond = model.encode_image(image)
+        x_t = torch.randn((1, config.num_classes, config.image_size, config.image_size)).to(device)
+        t = torch.full((1,), 0.5, device=device)
+        backbone = measure(lambda: model.encode_image(image), device=device, warmup=plan.warmup, repeats=plan.repeats)
+        denoiser = measure(lambda: model.denoise(x_t, t, cond), device=device, warmup=plan.warmup, repeats=plan.repeats)
+    out["backbone_ms"] = 1e3 * statistics.median(backbone)
+    out["denoiser_ms_per_step"] = 1e3 * statistics.median(denoiser)
+    out["backbone_samples_s"], out["denoiser_samples_s"] = backbone, denoiser
+
+    def default_run() -> None:
+        segment_image(model, raw, settings, kind=kind, keep_trajectory=False)
+
+    with PeakMemory(device) as mem:
+        default = measure(default_run, device=device, warmup=plan.warmup, repeats=plan.runs)
+    out["default"] = _stats(default) | {"settings": asdict(settings)}
+    out["memory_default"] = mem.result
+
+    labels = ours(model, image, settings)
+    same = backbone_every_step(model, image, settings)
+    out["every_step_same_labels"] = bool(torch.equal(labels, same))  # equal work: the same masks
+    core = measure(lambda: ours(model, image, settings), device=device, warmup=plan.warmup, repeats=plan.runs)
+    every = measure(
+        lambda: backbone_every_step(model, image, settings), device=device, warmup=plan.warmup, repeats=plan.runs
+    )
+    out["core"] = _stats(core)
+    out["every_step"] = _stats(every)
+    out["ratio_vs_backbone_every_step"] = statistics.median(every) / statistics.median(core)
+
+    ddpm = replace(settings, sampler="ddpm", steps=DDPM_STEPS, ensemble=1)
+    n = plan.ddpm_steps
+    part = measure(
+        lambda: backbone_every_step(model, image, ddpm, limit=n, consensus=False),
+        device=device,
+        warmup=0,  # the same shapes as every_step, already warm
+        repeats=max(1, plan.runs - 1),
+    )
+    per_step = statistics.median(part) / n
+    out["ddpm1000"] = {
+        "seconds": per_step * DDPM_STEPS,
+        "extrapolated": True,
+        "timed_steps": n,
+        "seconds_per_step": per_step,
+        "how": f"median time of the first {n} of {DDPM_STEPS} ancestral steps (backbone every step), x {DDPM_STEPS}/{n}",
+    }
+    out["ratio_vs_ddpm1000"] = out["ddpm1000"]["seconds"] / statistics.median(core)
+    return out
+
+
+def bench_ensemble(model, raw: np.ndarray, kind: str, plan: Plan, device: torch.device) -> dict:
+    """E members sampled as one batch sharing one `cond`, vs E separate single-member runs."""
+    base = SamplingSettings.defaults_for(model.config)
+    out: dict = {}
+    for e in ENSEMBLES:
+        settings = replace(base, ensemble=e)
+        with PeakMemory(device) as mem:
+            times = measure(
+                lambda s=settings: segment_image(model, raw, s, kind=kind, keep_trajectory=False),
+                device=device,
+                warmup=plan.warmup,
+                repeats=plan.runs,
+            )
+        out[str(e)] = {"one_batch": _stats(times), "memory": mem.result}
+    single = out["1"]["one_batch"]["median"]
+    for e in ENSEMBLES:
+        row = out[str(e)]
+        row["separate_runs_s"] = e * single  # E independent runs of identical cost: E x the measured single run
+        row["ratio_vs_1"] = row["one_batch"]["median"] / single
+        row["speedup_vs_separate"] = row["separate_runs_s"] / row["one_batch"]["median"]
+    return out
+
+
+def bench_volume(model, plan: Plan, device: torch.device) -> dict:
+    """Slices per second through the command line's path (load_case + segment_volume, batched)."""
+    volume, kind, source = example_volume(model.config, plan.volume_slices)
+    settings = SamplingSettings.defaults_for(model.config)
+    warm = volume[..., volume.shape[-1] // 2 - plan.volume_batch // 2 :][..., : plan.volume_batch]
+    segment_volume(model, warm, settings, kind=kind, batch_size=plan.volume_batch)  # warm-up: one batch
+    bg = io.background_value(model.config)
+    active = sum(
+        bool((np.abs(io.normalise(volume[..., z], model.config, kind=kind) - bg) > 1e-6).any())
+        for z in range(volume.shape[-1])
+    )
+    with PeakMemory(device) as mem:
+        _sync(device)
+        start = time.perf_counter()
+        segment_volume(model, volume, settings, kind=kind, batch_size=plan.volume_batch)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    z = volume.shape[-1]
+    return {
+        "source": source,
+        "size": model.config.image_size,
+        "slices": z,
+        "slices_with_content": active,  # pure-background slices skip the model
+        "batch_size": plan.volume_batch,
+        "seconds": seconds,
+        "slices_per_second": z / seconds,
+        "seconds_for_155_slices": seconds * 155 / z,
+        "extrapolated_to_155": z != 155,
+        "memory": mem.result,
+    }
+
+
+def machine(device: torch.device) -> dict:
+    info = {
+        "device": device.type,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    if hasattr(os, "getloadavg"):
+        info["loadavg_at_start"] = os.getloadavg()
+    return info
+
+
+def print_table(result: dict) -> None:
+    m = result["machine"]
+    where = m.get("gpu") or m["cpu"]
+    print(f"\nMedCondDiff benchmark on {m['device']} ({where}), torch {m['torch']}, {m['threads']} threads")
+    print(f"input slice: {result['inputs']['slice']}")
+    head = (
+        f"{'size':>5} {'weights':>8} {'backbone':>10} {'denoiser':>10} {'default':>9} {'core':>8} "
+        f"{'every-step':>11} {'x':>6} {'DDPM-1000*':>11} {'x':>7}  peak memory (default run)"
+    )
+    print(head)
+    print(f"{'':>5} {'':>8} {'ms/image':>10} {'ms/step':>10} {'s':>9} {'s':>8} {'s':>11} {'':>6} {'s':>11}")
+    for size, r in result["sizes"].items():
+        print(
+            f"{size:>5} {r['weights']:>8} {r['backbone_ms']:>10.1f} {r['denoiser_ms_per_step']:>10.1f} "
+            f"{r['default']['median']:>9.3f} {r['core']['median']:>8.3f} {r['every_step']['median']:>11.3f} "
+            f"{r['ratio_vs_backbone_every_step']:>6.2f} {r['ddpm1000']['seconds']:>11.1f} "
+            f"{r['ratio_vs_ddpm1000']:>7.1f}  {memory_summary(r['memory_default'])}"
+        )
+    steps = {r["ddpm1000"]["timed_steps"] for r in result["sizes"].values()}
+    print(
+        f"* DDPM-1000 is EXTRAPOLATED: {'/'.join(map(str, sorted(steps)))} of {DDPM_STEPS} steps timed, x {DDPM_STEPS}/N. "
+        "default = pipeline.segment_image end to end; core = model-grid tensor to label map; "
+        "x = every-step / core and DDPM-1000 / core."
+    )
+    ens = result.get("ensemble")
+    if ens:
+        print(f"\nensemble at {result['headline_size']} px (one batch sharing one cond vs E separate runs):")
+        print(f"{'E':>3} {'one batch s':>12} {'vs E=1':>7} {'E runs s':>9} {'speed-up':>9}  peak memory")
+        for e, r in ens.items():
+            print(
+                f"{e:>3} {r['one_batch']['median']:>12.3f} {r['ratio_vs_1']:>7.2f} {r['separate_runs_s']:>9.3f} "
+                f"{r['speedup_vs_separate']:>9.2f}  {memory_summary(r['memory'])}"
+            )
+    vol = result.get("volume")
+    if vol:
+        extra = f" (timed on {vol['slices']}, scaled to 155)" if vol["extrapolated_to_155"] else ""
+        print(
+            f"\nvolume: {vol['slices']} slices ({vol['slices_with_content']} with content) at {vol['size']} px, batch "
+            f"{vol['batch_size']}: {vol['seconds']:.1f} s, {vol['slices_per_second']:.2f} slices/s; "
+            f"155 slices: {vol['seconds_for_155_slices']:.1f} s{extra}; {memory_summary(vol['memory'])}"
+        )
+    print(f"\nheadline ({result['headline_size']} px):")
+    for key in ("default_seconds_256", "ratio_vs_backbone_every_step", "ratio_vs_ddpm1000", "ratio_ensemble4_vs_1"):
+        print(f"  {key:<30} {result[key]:.3f}")
+    for note in result["notes"]:
+        print(f"note: {note}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--sizes", default="128,256,352", help="comma-separated image sizes (multiples of 32)")
+    ap.add_argument("--json", metavar="OUT", default=None, help="write the results here as JSON")
+    ap.add_argument("--weights", default=None, help="shipped weights (name, folder or Hub id): used at their size")
+    ap.add_argument("--quick", action="store_true", help="one repeat, 2 DDPM steps, 4 volume slices: a smoke test")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 5; quick 1)")
+    ap.add_argument("--ddpm-steps", type=int, default=None, help="DDPM steps actually timed (default 20; quick 2)")
+    ap.add_argument("--volume-slices", type=int, default=None, help="volume slices (default 155; quick 4; 0 skips)")
+    ap.add_argument(
+        "--volume-size", type=int, default=None, help="model size for the volume (default: the weights' size, else 128)"
+    )
+    ap.add_argument("--volume-batch", type=int, default=8, help="slices per batch (the command line's default is 8)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for but no CUDA GPU is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    repeats = args.repeats or (1 if args.quick else 5)
+    plan = Plan(
+        warmup=1,
+        repeats=repeats,
+        runs=repeats if args.quick else max(3, repeats - 2),
+        ddpm_steps=args.ddpm_steps or (2 if args.quick else 20),
+        volume_slices=args.volume_slices if args.volume_slices is not None else (4 if args.quick else 155),
+        volume_batch=args.volume_batch,
+    )
+    weights = None
+    if args.weights:
+        from medconddiff.hub import load_model
+
+        weights = load_model(args.weights, device=device)
+    headline = HEADLINE_SIZE if HEADLINE_SIZE in sizes else max(sizes)
+    result: dict = {"machine": machine(device), "plan": asdict(plan), "quick": args.quick, "notes": []}
+    if headline != HEADLINE_SIZE:
+        result["notes"].append(
+            f"{HEADLINE_SIZE} px not in --sizes: the headline keys (default_seconds_256, ratios) are measured at {headline} px"
+        )
+    raw, kind, source = example_slice(MedCondDiffConfig().image_channels)
+    result["inputs"] = {"slice": source}
+    result["sizes"] = {}
+    for size in sizes:
+        model, origin = build_model(size, weights, device)
+        slice_raw, slice_kind = (raw, kind)
+        if model.config.image_channels != raw.shape[0]:
+            slice_raw, slice_kind, _ = example_slice(model.config.image_channels)
+        print(f"size {size} ({origin} weights) ...", file=sys.stderr, flush=True)
+        result["sizes"][str(size)] = bench_size(model, origin, slice_raw, slice_kind, plan, device)
+        if size == headline:
+            print(f"ensembles at {size} ...", file=sys.stderr, flush=True)
+            result["ensemble"] = bench_ensemble(model, slice_raw, slice_kind, plan, device)
+        del model
+    if plan.volume_slices > 0:
+        vsize = args.volume_size or (
+            weights.config.image_size if weights is not None else min(sizes) if args.quick else 128
+        )
+        model, origin = build_model(vsize, weights, device)
+        print(f"volume at {vsize} ({origin} weights) ...", file=sys.stderr, flush=True)
+        result["volume"] = bench_volume(model, plan, device) | {"weights": origin}
+    top = result["sizes"][str(headline)]
+    result["headline_size"] = headline
+    result["default_seconds_256"] = top["default"]["median"]
+    result["ratio_vs_backbone_every_step"] = top["ratio_vs_backbone_every_step"]
+    result["ratio_vs_ddpm1000"] = top["ratio_vs_ddpm1000"]
+    result["ratio_ensemble4_vs_1"] = result["ensemble"]["4"]["ratio_vs_1"]
+    result["notes"].append(
+        f"ratio_vs_ddpm1000 is extrapolated from {plan.ddpm_steps} timed steps of {DDPM_STEPS} (linear in steps)"
+    )
+    if hasattr(os, "getloadavg"):
+        result["machine"]["loadavg_at_end"] = os.getloadavg()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    print_table(result)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
