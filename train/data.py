@@ -29,7 +29,7 @@ class DataSettings:
     label_map: dict[str, int] | None = None  # source label -> class index; None keeps labels as they are
     train_cases: list[str] | None = None  # case names (folder names); None: every case not in val
     val_cases: list[str] | None = None
-    val_block: float = 0.0  # single-case layout: the last fraction of slices (one block) is validation
+    val_range: list[int] | None = None  # single-case layout: slices [start, stop) along Z are validation
 
 
 @dataclass
@@ -109,16 +109,16 @@ class SliceSet:
 def build_slices(cases: list[Case], data: DataSettings, config: MedCondDiffConfig, *, part: str = "all") -> SliceSet:
     """Every non-empty slice of every case, normalised and put on the model grid by the library.
 
-    `part` selects slices of a single case by block: "train" = first (1 - val_block), "val" = the rest.
+    `part` selects slices of a single case by block: "val" = slices in `val_range`, "train" = the others.
     """
     imgs, labs = [], []
     bg = io.background_value(config)
     for case in cases:
         scan, labels = read_case(case, data)
-        z = scan.data.shape[-1]
-        cut = int(round(z * (1.0 - data.val_block))) if data.val_block else z
-        ks = range(0, cut) if part == "train" else range(cut, z) if part == "val" else range(z)
-        for k in ks:
+        held_out = set(range(*data.val_range)) if data.val_range else set()
+        for k in range(scan.data.shape[-1]):
+            if (part == "val" and k not in held_out) or (part == "train" and k in held_out):
+                continue
             raw = scan.data[..., k]
             img = io.normalise(raw, config, kind="nifti")
             if not (np.abs(img - bg) > 1e-6).any():

@@ -210,12 +210,12 @@ def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
     if run.data.layout == "single":
         tr = D.load_or_build(
             cache,
-            f"{cases[0].name}_train_{key}_vb{run.data.val_block}",
+            f"{cases[0].name}_train_{key}_val{run.data.val_range}",
             lambda: D.build_slices(cases, run.data, m, part="train"),
         )
         va = D.load_or_build(
             cache,
-            f"{cases[0].name}_val_{key}_vb{run.data.val_block}",
+            f"{cases[0].name}_val_{key}_val{run.data.val_range}",
             lambda: D.build_slices(cases, run.data, m, part="val"),
         )
         return tr, va
@@ -384,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                     "wall_minutes": round(minutes, 1),
                     "device": str(device),
                     "train_slices": len(train_set),
+                    "data": dataclasses.asdict(run.data),
                     "val_slices": len(val_set),
                 },
                 indent=2,

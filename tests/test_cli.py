@@ -1,0 +1,114 @@
+"""The command line: info, segmenting 2D and NIfTI input, and exit code 2 with one clear line on bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "medconddiff", *args], cwd=REPO, capture_output=True, text=True,
+                          env=full_env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A two-modality NIfTI volume and the same middle slice as two PNGs."""
+    d = tmp_path_factory.mktemp("case")
+    rng = np.random.default_rng(0)
+    vol = np.zeros((2, 48, 40, 3), np.float32)
+    vol[:, 8:40, 6:34] = rng.normal(0, 1, (2, 32, 28, 3)) + 0.5
+    aff = np.diag([1.2, 1.2, 3.0, 1.0])
+    for i, name in enumerate(["flair", "t1c"]):
+        nib.save(nib.Nifti1Image(vol[i], aff), d / f"{name}.nii.gz")
+        png = (np.clip(vol[i, ..., 1], -3, 6) + 3) / 9 * 254 + 1
+        png[vol[i, ..., 1] == 0] = 0
+        Image.fromarray(png.astype(np.uint8)).save(d / f"{name}.png")
+    return d
+
+
+def test_info_default_config_parameter_count():
+    r = run_cli("info")
+    assert r.returncode == 0, r.stderr
+    total = float(r.stdout.split("total ")[1].split("M")[0])
+    assert 24.0 <= total <= 25.5
+    assert "classes:" in r.stdout
+
+
+def test_segment_nifti_keeps_grid_and_affine(case, tiny_weights, tmp_path):
+    out = tmp_path / "mask.nii.gz"
+    r = run_cli("segment", str(case / "flair.nii.gz"), str(case / "t1c.nii.gz"), "-o", str(out),
+                "--weights", str(tiny_weights), "--steps", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    img = nib.load(out)
+    assert img.shape == (48, 40, 3)
+    np.testing.assert_allclose(img.affine, np.diag([1.2, 1.2, 3.0, 1.0]))
+    assert set(np.unique(np.asarray(img.dataobj))) <= set(range(5))
+
+
+def test_segment_png(case, tiny_weights, tmp_path):
+    out = tmp_path / "mask.png"
+    r = run_cli("segment", str(case / "flair.png"), str(case / "t1c.png"), "-o", str(out),
+                "--weights", str(tiny_weights), "--steps", "2", "--ensemble", "2", "--consensus", "majority_vote")
+    assert r.returncode == 0, r.stderr
+    assert np.asarray(Image.open(out)).shape == (48, 40)
+
+
+BAD = {
+    "wrong file type": (lambda d: [_write(d / "scan.txt", b"hello")], "unsupported file type"),
+    "empty file": (lambda d: [_write(d / "empty.nii.gz", b"")], "empty"),
+    "text renamed .nii.gz": (lambda d: [_write(d / "fake.nii.gz", b"not a nifti at all" * 20)], "not a readable NIfTI"),
+    "corrupt png": (lambda d: [_write(d / "x.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 50)], "not a readable image"),
+    "modality count": (lambda d: [_nifti(d / "one.nii.gz", np.ones((20, 20, 2)) * np.arange(2))], "expects 2 modality"),
+    "5-D volume": (lambda d: [_nifti(d / "five.nii.gz", np.random.rand(10, 10, 3, 2, 2))], "5-D"),
+    "NaN voxels": (lambda d: [_nifti(d / f"{n}.nii.gz", _nan_vol()) for n in ("a", "b")], "NaN"),
+    "missing file": (lambda d: [d / "nope.nii.gz"], "not found"),
+}
+
+
+def _write(p: Path, data: bytes) -> Path:
+    p.write_bytes(data)
+    return p
+
+
+def _nifti(p: Path, arr) -> Path:
+    nib.save(nib.Nifti1Image(np.asarray(arr, np.float32), np.eye(4)), p)
+    return p
+
+
+def _nan_vol():
+    v = np.random.rand(16, 16, 2).astype(np.float32)
+    v[3, 3, 0] = np.nan
+    return v
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_bad_input_exit_code_2_and_one_clear_line(kind, tmp_path, tiny_weights):
+    make, fragment = BAD[kind]
+    inputs = make(tmp_path)
+    out = "out.png" if str(inputs[0]).endswith(".png") else "out.nii.gz"
+    r = run_cli("segment", *map(str, inputs), "-o", str(tmp_path / out), "--weights", str(tiny_weights), "--quiet")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert fragment in r.stderr, r.stderr
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+
+
+def test_bad_settings_and_weights(case, tmp_path, tiny_weights):
+    r = run_cli("segment", str(case / "flair.png"), str(case / "t1c.png"), "-o", str(tmp_path / "m.nii.gz"))
+    assert r.returncode == 2 and "name the output .png" in r.stderr
+    r = run_cli("info", "--weights", str(tmp_path / "does-not-exist"))
+    assert r.returncode == 2 and "no such weights folder" in r.stderr
+    r = run_cli("segment", str(case / "flair.png"), str(case / "t1c.png"), "-o", str(tmp_path / "m.png"), "--steps", "0",
+                "--weights", str(tiny_weights))
+    assert r.returncode == 2 and "steps must be between" in r.stderr

@@ -1,0 +1,59 @@
+"""The shared data path: image or volume in, Result out, on the original grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medconddiff.errors import SettingsError
+from medconddiff.pipeline import Result, SamplingSettings, iter_segment_slices, segment_image, segment_volume
+from medconddiff.sampler import StepRecord
+
+
+def _slice(h=90, w=70, seed=0):
+    img = np.zeros((2, h, w), np.float32)
+    img[:, 10:80, 20:60] = np.random.default_rng(seed).normal(0, 1, (2, 70, 40)) + 0.1
+    return img
+
+
+def test_segment_image_returns_maps_on_the_original_grid(tiny_model):
+    res = segment_image(tiny_model, _slice(), SamplingSettings(steps=3, ensemble=2), kind="nifti")
+    assert res.labels.shape == res.agreement.shape == res.entropy.shape == (90, 70)
+    assert res.probs.shape == (5, 90, 70)
+    np.testing.assert_allclose(res.probs.sum(0), 1.0, atol=1e-5)
+    assert res.trajectory.logits.shape == (3, 2, 5, 64, 64) and res.trajectory.x_t.shape == (3, 2, 5, 64, 64)
+    assert (res.labels[:, :10] == 0).all()  # left of the crop box (foreground from column 20, margin 8)
+
+
+def test_refuse_changes_only_the_fusion(tiny_model):
+    res = segment_image(tiny_model, _slice(), SamplingSettings(steps=4, consensus="mean_logits"), kind="nifti")
+    other = res.refuse("last")
+    assert other.trajectory is res.trajectory  # the same samples, fused differently
+    assert other.consensus == "last"
+    again = res.refuse("mean_logits")
+    np.testing.assert_array_equal(again.labels, res.labels)
+
+
+def test_iter_yields_every_step_then_results(tiny_model):
+    items = list(iter_segment_slices(tiny_model, [_slice(), _slice(seed=1)], SamplingSettings(steps=3), kind="nifti"))
+    assert [type(i) for i in items[:3]] == [StepRecord] * 3
+    assert isinstance(items[-1], list) and all(isinstance(r, Result) for r in items[-1])
+
+
+def test_seed_reproduces_and_blank_slices_skip_the_model(tiny_model):
+    vol = np.stack([_slice(seed=s) for s in range(3)] + [np.zeros((2, 90, 70), np.float32)], axis=-1)
+    s = SamplingSettings(steps=2, seed=7)
+    a = segment_volume(tiny_model, vol, s, batch_size=2)
+    b = segment_volume(tiny_model, vol, s, batch_size=2)
+    assert a.labels.shape == (90, 70, 4)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert (a.labels[..., 3] == 0).all() and (a.agreement[..., 3] == 1).all()
+
+
+def test_settings_validation():
+    with pytest.raises(SettingsError, match="steps"):
+        SamplingSettings(steps=0)
+    with pytest.raises(SettingsError, match="ensemble"):
+        SamplingSettings(ensemble=100)
+    with pytest.raises(SettingsError, match="consensus"):
+        SamplingSettings(consensus="median")

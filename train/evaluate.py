@@ -1,0 +1,200 @@
+"""Evaluate weights on labelled volumes through the shared pipeline; JSON out, Markdown table printed.
+
+    python -m train.evaluate --weights assets/weights/brats-demo --data ../shared/data/brats2015/validation --out v.json
+
+The data layout (BraTS folders, imagesTr/labelsTr, or a single case) is taken from --config, else
+from the weights folder's training.json, else detected: BraTS-style case folders are matched to
+the model's channel names by file-name prefix (FLAIR -> Flair_*.nii.gz).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medconddiff import metrics
+from medconddiff.hub import load_model, resolve
+from medconddiff.pipeline import SamplingSettings, load_case, resolve_device, segment_volume
+
+from . import data as D
+
+
+def detect_data(root: Path, config) -> D.DataSettings:
+    """Guess the layout of `root` for a model with these channel names."""
+    if (root / "imagesTr").is_dir():
+        return D.DataSettings(root=str(root), layout="nnunet", label_file="")
+    label_names = ("OTMultiClass.nii.gz", "labels.nii.gz", "seg.nii.gz", "label.nii.gz")
+    for label in label_names:
+        hits = sorted(root.rglob(label))
+        if not hits:
+            continue
+        folder = hits[0].parent
+        files = []
+        for name in config.channel_names:
+            cands = sorted(
+                p.name for p in folder.glob("*.nii*") if p.name.lower().startswith(name.lower()) and p.name != label
+            )
+            if not cands:
+                raise SystemExit(f"{folder}: no file for channel {name!r}; give --config with data.channel_files")
+            files.append(cands[0])
+        layout = "single" if folder == root and len(hits) == 1 else "brats"
+        return D.DataSettings(root=str(root), layout=layout, channel_files=files, label_file=label)
+    raise SystemExit(f"{root}: no labelled cases found (looked for imagesTr/labelsTr and {', '.join(label_names)})")
+
+
+def data_settings(args, weights_dir: Path, config) -> D.DataSettings:
+    if args.config:
+        from .train import load_run_config
+
+        data = load_run_config(args.config, []).data
+    elif (weights_dir / "training.json").is_file() and "data" in json.loads(
+        (weights_dir / "training.json").read_text()
+    ):
+        data = D.DataSettings(**json.loads((weights_dir / "training.json").read_text())["data"])
+    else:
+        return detect_data(Path(args.data), config)
+    return dataclasses.replace(data, root=str(args.data), train_cases=None, val_cases=None)
+
+
+def markdown_table(report: dict) -> str:
+    names = report["class_names"]
+    brats = "brats" in report["mean"]
+    head = ["case"] + (
+        [f"{r} Dice" for r in metrics.BRATS_REGIONS] + [f"{r} HD95" for r in metrics.BRATS_REGIONS] if brats else []
+    )
+    head += [f"{n} Dice" for n in names[1:]] + ["mean Dice (fg)", "mean Dice (all)", "mean IoU (fg)", "mean IoU (all)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def row(name, m):
+        cells = [name]
+        if brats:
+            cells += [f"{m['brats'][r]['dice']:.3f}" for r in metrics.BRATS_REGIONS]
+            cells += [f"{m['brats'][r]['hd95']:.1f}" for r in metrics.BRATS_REGIONS]
+        cells += [f"{d:.3f}" for d in m["dice"][1:]]
+        cells += [
+            f"{m['dice_mean']['foreground']:.3f}",
+            f"{m['dice_mean']['all']:.3f}",
+            f"{m['iou_mean']['foreground']:.3f}",
+            f"{m['iou_mean']['all']:.3f}",
+        ]
+        return "| " + " | ".join(cells) + " |"
+
+    for name, m in report["cases"].items():
+        lines.append(row(name, m))
+    lines.append(row("**mean**", report["mean"]))
+    return "\n".join(lines)
+
+
+def mean_of(cases: list[dict]) -> dict:
+    k = len(cases[0]["dice"])
+    out = {
+        "dice": [float(np.mean([c["dice"][i] for c in cases])) for i in range(k)],
+        "iou": [float(np.mean([c["iou"][i] for c in cases])) for i in range(k)],
+    }
+    out["dice_mean"] = metrics.averages(out["dice"])
+    out["iou_mean"] = metrics.averages(out["iou"])
+    if "brats" in cases[0]:
+        out["brats"] = {}
+        for r in metrics.BRATS_REGIONS:
+            hd, skipped = metrics.nanmean([c["brats"][r]["hd95"] for c in cases])
+            out["brats"][r] = {
+                "dice": float(np.mean([c["brats"][r]["dice"] for c in cases])),
+                "hd95": hd,
+                "hd95_undefined": skipped,
+            }
+    return out
+
+
+def evaluate(
+    model,
+    data: D.DataSettings,
+    settings: SamplingSettings,
+    *,
+    batch_size: int = 8,
+    brats: bool | None = None,
+    cases: list[str] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run the pipeline on every case and compute the metrics; returns the report dict."""
+    found = D.find_cases(data.root, data)
+    if cases:
+        found = [c for c in found if c.name in cases]
+    k = model.config.num_classes
+    if brats is None:
+        brats = data.layout == "brats" and k == 5
+    per_case, seconds = {}, []
+    for case in found:
+        scan = load_case(case.images, model.config)
+        _, truth = D.read_case(case, data)
+        t0 = time.time()
+        pred = segment_volume(model, scan.data, settings, kind="nifti", batch_size=batch_size, progress=progress).labels
+        seconds.append(time.time() - t0)
+        if data.layout == "single" and data.val_range:
+            a, b = data.val_range
+            pred, truth = pred[..., a:b], truth[..., a:b]  # only the held-out block of slices
+        per_case[case.name] = metrics.evaluate_case(pred, truth, k, spacing=scan.spacing, brats=brats)
+    return {
+        "class_names": list(model.config.class_names),
+        "settings": dataclasses.asdict(settings),
+        "data": {
+            "root": data.root,
+            "layout": data.layout,
+            "val_range_only": data.val_range if data.layout == "single" else None,
+        },
+        "cases": per_case,
+        "mean": mean_of(list(per_case.values())),
+        "seconds_per_case": float(np.mean(seconds)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train.evaluate", description="Evaluate weights on labelled volumes.")
+    ap.add_argument("--weights", default=None, help="bundled name, folder or Hub repo id (default: brats-demo)")
+    ap.add_argument(
+        "--data", required=True, help="folder of labelled cases (BraTS layout, imagesTr/labelsTr, or one case)"
+    )
+    ap.add_argument("--out", required=True, help="JSON report path")
+    ap.add_argument("--config", help="training TOML whose [data] section describes the layout")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--ensemble", type=int)
+    ap.add_argument("--consensus")
+    ap.add_argument("--sampler")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--cases", nargs="*", help="only these case names")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    folder = resolve(args.weights)
+    model = load_model(folder, device=resolve_device(args.device))
+    settings = SamplingSettings.defaults_for(
+        model.config,
+        steps=args.steps,
+        ensemble=args.ensemble,
+        consensus=args.consensus,
+        sampler=args.sampler,
+        seed=args.seed,
+    )
+    data = data_settings(args, folder, model.config)
+    report = evaluate(
+        model, data, settings, batch_size=args.batch_size, cases=args.cases, progress=not args.no_progress
+    )
+    report["weights"] = str(args.weights or folder)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(markdown_table(report))
+    print(
+        f"\n{len(report['cases'])} case(s), {report['seconds_per_case']:.1f} s per case; settings {report['settings']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
