@@ -1,0 +1,251 @@
+"""Pictures of inputs, masks and trajectories: overlays, colour maps, trajectory plots, GIF frames.
+
+Everything here is numpy in, uint8 RGB out, on the image's own pixel grid (array orientation;
+`display_orientation` turns NIfTI slices the way a viewer shows them). No Gradio: the app, the
+command line and notebooks all draw with these. matplotlib and Pillow are imported lazily.
+
+Shapes: an RGB picture is (H, W, 3) uint8; labels (H, W) int; class maps (K, H, W) float.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import io
+
+# Distinct, colour-blind-aware colours for classes 1, 2, ...; class 0 (background) is black.
+_PALETTE = [
+    (230, 25, 75),  # red
+    (60, 180, 75),  # green
+    (255, 225, 25),  # yellow
+    (0, 130, 200),  # blue
+    (245, 130, 48),  # orange
+    (145, 30, 180),  # purple
+    (70, 240, 240),  # cyan
+    (240, 50, 230),  # magenta
+    (210, 245, 60),  # lime
+    (250, 190, 212),  # pink
+    (0, 128, 128),  # teal
+    (170, 110, 40),  # brown
+]
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+    """(K, 3) uint8 colours: black for class 0, then the palette (repeated if K is large)."""
+    cols = [(0, 0, 0)] + [_PALETTE[i % len(_PALETTE)] for i in range(num_classes - 1)]
+    return np.array(cols, dtype=np.uint8)
+
+
+def hex_colours(num_classes: int) -> list[str]:
+    """The same colours as '#rrggbb' strings (for legends)."""
+    return ["#{:02x}{:02x}{:02x}".format(*c) for c in class_colours(num_classes)]
+
+
+def display_orientation(picture: np.ndarray, kind: str) -> np.ndarray:
+    """A NIfTI slice (X, Y, ...) -> as a viewer shows it (np.rot90); 2D pictures are left as they are."""
+    return np.ascontiguousarray(np.rot90(picture)) if kind == "nifti" else picture
+
+
+def _stretch(channel: np.ndarray) -> np.ndarray:
+    """(H, W) -> [0, 1]: the minimum (empty space) to black, the 99.5th percentile of the rest to white."""
+    lo = float(channel.min())
+    rest = channel[channel > lo]
+    hi = float(np.percentile(rest, 99.5)) if rest.size else lo + 1.0
+    return np.clip((channel - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+
+
+def to_display(
+    image: np.ndarray, *, modality: str, kind: str, ct_window: str = "abdomen", channel: int = 0
+) -> np.ndarray:
+    """A raw slice (C, H, W), as read from disk -> (H, W, 3) uint8 picture to draw masks on.
+
+    CT NIfTI in Hounsfield units is shown through the chosen window; a CT picture is taken as
+    already windowed. MRI shows one channel (`channel`), contrast-stretched. A 3-channel
+    natural image is shown in colour.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if modality == "natural" and image.shape[0] == 3:
+        top = 255.0 if image.max() <= 255 else float(image.max())
+        return (np.clip(np.moveaxis(image, 0, -1) / top, 0, 1) * 255).round().astype(np.uint8)
+    chan = image[min(channel, image.shape[0] - 1)]
+    if modality == "ct" and kind == "nifti":
+        grey = io.window_to_display(chan, ct_window)
+    elif modality == "ct":
+        top = 255.0 if chan.max() <= 255 else float(chan.max())
+        grey = (np.clip(chan / top, 0, 1) * 255).round().astype(np.uint8)
+    else:
+        grey = (_stretch(chan) * 255).round().astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def colour_labels(labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 in the class colours."""
+    return colours[np.clip(labels, 0, len(colours) - 1)]
+
+
+def overlay(base: np.ndarray, labels: np.ndarray, colours: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:
+    """Blend the class colours of `labels` (H, W) onto `base` (H, W, 3) with opacity `alpha`.
+
+    Background (class 0) pixels keep the base picture; alpha 0 returns the base unchanged.
+    """
+    alpha = float(np.clip(alpha, 0.0, 1.0))
+    fg = (labels > 0)[..., None]
+    mixed = (1.0 - alpha) * base.astype(np.float32) + alpha * colour_labels(labels, colours).astype(np.float32)
+    return np.where(fg, mixed.round(), base).astype(np.uint8)
+
+
+def soft_mask(weights: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Per-class weights (K, H, W), summing to 1 per pixel -> (H, W, 3) uint8 colour mixture."""
+    rgb = np.tensordot(np.moveaxis(weights, 0, -1), colours.astype(np.float32), axes=([-1], [0]))
+    return np.clip(rgb, 0, 255).round().astype(np.uint8)
+
+
+def noisy_mask(x_t: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """A noisy mask x_t (K, H, W) in value space (clean entries are -1 / +1) -> (H, W, 3) uint8.
+
+    Pixels are coloured by softmax(2 x_t) over the classes: a clean one-hot mask shows its class
+    colours (at 93 % strength), pure noise shows a speckle of all of them.
+    """
+    z = 2.0 * x_t.astype(np.float32)
+    w = np.exp(z - z.max(axis=0, keepdims=True))
+    return soft_mask(w / w.sum(axis=0, keepdims=True), colours)
+
+
+def heatmap(values: np.ndarray, *, cmap: str = "magma", vmax: float = 1.0) -> np.ndarray:
+    """(H, W) values in [0, vmax] -> (H, W, 3) uint8 through a matplotlib colour map."""
+    from matplotlib import colormaps
+
+    v = np.clip(np.nan_to_num(values.astype(np.float32)) / max(vmax, 1e-12), 0.0, 1.0)
+    return (colormaps[cmap](v)[..., :3] * 255).round().astype(np.uint8)
+
+
+def change(prev_probs: np.ndarray | None, probs: np.ndarray) -> np.ndarray:
+    """Per-pixel change between two steps' class probabilities (K, H, W): total variation in [0, 1].
+
+    0.5 * sum_k |p_k - q_k|: 0 where nothing moved, 1 where all probability moved to other classes.
+    The first step (no previous one) gives zeros.
+    """
+    if prev_probs is None:
+        return np.zeros(probs.shape[1:], np.float32)
+    return (0.5 * np.abs(probs - prev_probs).sum(axis=0)).astype(np.float32)
+
+
+# -- one step of a trajectory, back on the image's grid ----------------------------------------
+
+
+def step_probs(logits: torch.Tensor, geometry: io.Geometry) -> np.ndarray:
+    """Predicted x0 logits (E, K, s, s) on the model grid -> class probabilities (K, H, W) on the image's grid.
+
+    Members are averaged after the softmax; pixels outside the model's crop are background.
+    """
+    probs = logits.detach().float().softmax(dim=1).mean(dim=0)  # (K, s, s)
+    fill = torch.zeros(probs.shape[0])
+    fill[0] = 1.0
+    return io.from_model_grid(probs, geometry, fill=fill).numpy()
+
+
+def step_noisy(x_t: torch.Tensor, geometry: io.Geometry, *, member: int = 0) -> np.ndarray:
+    """The noisy mask x_t (E, K, s, s) of one member -> (K, H, W) on the image's grid.
+
+    Outside the crop it shows a clean background (+1 for class 0, -1 for the others).
+    """
+    x = x_t[member].detach().float()
+    fill = -torch.ones(x.shape[0])
+    fill[0] = 1.0
+    return io.from_model_grid(x, geometry, fill=fill).numpy()
+
+
+def class_areas(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W) labels -> (K,) pixel counts per class."""
+    return np.bincount(labels.ravel().astype(np.int64), minlength=num_classes)[:num_classes]
+
+
+# -- figures and animations -----------------------------------------------------------------
+
+
+def trajectory_figure(values: np.ndarray, class_names: list[str], *, ylabel: str, title: str, colours: np.ndarray):
+    """values (S, K) per step and class -> a small matplotlib Figure, one line per foreground class.
+
+    Class 0 (background) is left out. The caller closes the figure (`plt.close(fig)`).
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2, 2.6), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    steps = np.arange(1, values.shape[0] + 1)
+    for k in range(1, values.shape[1]):
+        ax.plot(steps, values[:, k], marker="o", ms=3, lw=1.5, color=colours[k] / 255.0, label=class_names[k])
+    ax.set_xlabel("sampling step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(0.5, values.shape[0] + 0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def figure_to_rgb(fig) -> np.ndarray:
+    """Render a matplotlib Figure (Agg) -> (H, W, 3) uint8."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def upscale(picture: np.ndarray, *, min_side: int) -> np.ndarray:
+    """Nearest-neighbour enlargement by a whole factor until the shorter side is at least `min_side`."""
+    factor = max(1, int(np.ceil(min_side / max(1, min(picture.shape[:2])))))
+    return picture.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else picture
+
+
+def fit(picture: np.ndarray, *, max_side: int) -> np.ndarray:
+    """Shrink (H, W, 3) so that its longer side is at most `max_side` (area resampling); else unchanged."""
+    h, w = picture.shape[:2]
+    if max(h, w) <= max_side:
+        return picture
+    from PIL import Image
+
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(picture).resize(size, Image.Resampling.BOX))
+
+
+def side_by_side(pictures: list[np.ndarray], *, gap: int = 4) -> np.ndarray:
+    """Equal-height (H, W_i, 3) pictures -> one (H, sum W_i + gaps, 3), separated by white gaps."""
+    h = pictures[0].shape[0]
+    sep = np.full((h, gap, 3), 255, np.uint8)
+    parts = []
+    for i, p in enumerate(pictures):
+        parts += [sep, p] if i else [p]
+    return np.concatenate(parts, axis=1)
+
+
+def caption(picture: np.ndarray, text: str) -> np.ndarray:
+    """Add a white strip with `text` under a picture (PIL's built-in font)."""
+    from PIL import Image, ImageDraw
+
+    h, w = picture.shape[:2]
+    strip = 16
+    canvas = Image.new("RGB", (w, h + strip), (255, 255, 255))
+    canvas.paste(Image.fromarray(picture), (0, 0))
+    ImageDraw.Draw(canvas).text((4, h + 2), text, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def write_gif(frames: list[np.ndarray], path: str | Path, *, frame_ms: int = 400, hold_last_ms: int = 1500) -> Path:
+    """Frames (H, W, 3) uint8 -> an animated GIF that loops, holding the last frame a little longer."""
+    from PIL import Image
+
+    if not frames:
+        raise ValueError("write_gif needs at least one frame")
+    images = [Image.fromarray(f) for f in frames]
+    durations = [frame_ms] * (len(images) - 1) + [hold_last_ms]
+    images[0].save(
+        str(path), save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=False, disposal=1
+    )
+    return Path(path)

@@ -1,0 +1,393 @@
+"""The Gradio demo (app.py): handlers called directly, and the public API through gradio_client.
+
+Uses the shipped weights (assets/weights/) when there are any. Only when none is bundled does it
+fall back to a RANDOM-INIT model written to a temp folder: that checks wiring and shapes, not quality.
+The bundled examples in assets/examples/ are the only inputs, so a fresh clone runs these tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "assets" / "examples"
+BRATS_PNG = [EXAMPLES / "brats_pat0003_z080_flair.png", EXAMPLES / "brats_pat0003_z080_t1c.png"]
+BRATS_SEG = EXAMPLES / "brats_pat0003_z080_seg.png"
+SLAB = [EXAMPLES / "brats_pat0004_slab_flair.nii.gz", EXAMPLES / "brats_pat0004_slab_t1c.nii.gz"]
+SLAB_SEG = EXAMPLES / "brats_pat0004_slab_seg.nii.gz"
+STEPS = 4  # short runs: the tests check behaviour, not quality
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The app module, with the bundled weights, or a random-init fallback when none is bundled."""
+    from medconddiff import hub
+
+    saved = os.environ.get("MEDCONDDIFF_WEIGHTS")
+    if not any(name.startswith("brats") for name in hub.bundled_models()):
+        import torch
+
+        from medconddiff.config import MedCondDiffConfig
+        from medconddiff.model import MedCondDiff
+
+        torch.manual_seed(0)  # RANDOM-INIT FALLBACK: no trained BraTS weights are bundled yet
+        folder = hub.save_model(MedCondDiff(MedCondDiffConfig(image_size=64)), tmp_path_factory.mktemp("random-init"))
+        os.environ["MEDCONDDIFF_WEIGHTS"] = str(folder)
+    import app as app_module
+
+    yield app_module
+    if saved is None:
+        os.environ.pop("MEDCONDDIFF_WEIGHTS", None)
+    else:
+        os.environ["MEDCONDDIFF_WEIGHTS"] = saved
+
+
+@pytest.fixture(scope="module")
+def brats(app) -> str:
+    """The dropdown value of a BraTS model (FLAIR + T1c)."""
+    choice, custom = app.model_for(app.EXAMPLES[0])
+    assert custom == "", "no offered model fits the BraTS examples"
+    return choice
+
+
+def _segment(app, files, choice, *, truth=None, slice_index=0, consensus="mean_logits", ensemble=1):
+    """Run the UI's sampling handler to the end; return everything it yielded."""
+    unc = next(iter(app.UNCERTAINTY))
+    gen = app.run_segment(
+        [str(f) for f in files], choice, "", slice_index, None, truth and str(truth), STEPS,
+        "DDIM (deterministic)", ensemble, consensus, 0, 0.5, unc, None, None, None, None, None,
+    )  # fmt: skip
+    return list(gen)
+
+
+def _get(update, key):
+    """A property of a component update (a dict from gr.update, or a component instance)."""
+    return update[key] if isinstance(update, dict) else getattr(update, key)
+
+
+def _png(path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+# -- examples ---------------------------------------------------------------------------------------
+
+
+def test_examples_are_small_real_and_named_as_agreed():
+    names = [
+        *(f"brats_{p}_z{z}_{m}.png" for p, z in [("pat0003", "080"), ("pat0003", "088"), ("pat0004", "096")] for m in ("flair", "t1c", "seg")),
+        *(f"brats_pat0004_slab_{m}.nii.gz" for m in ("flair", "t1c", "seg")),
+        "ct_z088.png", "ct_z088_seg.png", "ct_z096.png", "ct_z096_seg.png", "ct_slab.nii.gz", "ct_slab_seg.nii.gz",
+        "README.md", "LICENSE-BraTS-CC-BY-NC-SA-3.0.txt", "make_examples.py",
+    ]  # fmt: skip
+    for name in names:
+        assert (EXAMPLES / name).is_file(), name
+    assert sum(p.stat().st_size for p in EXAMPLES.iterdir()) < 1_000_000
+    flair, seg = _png(BRATS_PNG[0]), _png(BRATS_SEG)
+    assert flair.shape == seg.shape == (240, 240) and flair.dtype == np.uint8
+    assert set(np.unique(seg)) <= {0, 1, 2, 3, 4} and (seg > 0).sum() > 500  # visible tumour
+    assert (flair[seg > 0] > 0).all() and flair.min() == 0  # brain pixels 1..255, outside 0
+    assert set(np.unique(_png(EXAMPLES / "ct_z096_seg.png"))) == {0, 1, 2, 3, 4}
+    slab = nib.load(str(SLAB[0]))
+    assert slab.shape == (240, 240, 6) and slab.get_data_dtype() == np.float32
+    readme = (EXAMPLES / "README.md").read_text()
+    assert "CC BY-NC-SA 3.0" in readme and "Menze" in readme and "TotalSegmentator model" in readme
+
+
+def test_gallery_lists_every_example_with_its_ground_truth(app):
+    captions = [e.caption for e in app.EXAMPLES]
+    assert len(app.EXAMPLES) == 7, captions
+    assert all(e.truth and Path(e.truth).is_file() for e in app.EXAMPLES)
+    assert [len(e.files) for e in app.EXAMPLES] == [2, 2, 2, 2, 1, 1, 1]
+    assert "CC BY-NC-SA 3.0" in app.EXAMPLES_ATTRIBUTION and "TotalSegmentator model" in app.EXAMPLES_ATTRIBUTION
+
+
+def test_select_example_sets_files_truth_and_a_fitting_model(app, brats):
+    import gradio as gr
+
+    files, truth, dropdown, custom = app.select_example(gr.SelectData(None, {"index": 0, "value": None}))
+    assert files == [str(p) for p in BRATS_PNG] and truth == str(BRATS_SEG)
+    assert _get(dropdown, "value") == brats and custom == ""
+
+
+def test_guess_order_matches_modalities_by_name():
+    import app
+
+    assert app.guess_order(["/u/b_T1c.nii.gz", "/u/a_flair.nii.gz"], ["FLAIR", "T1c"]) == [
+        "/u/a_flair.nii.gz",
+        "/u/b_T1c.nii.gz",
+    ]
+    assert app.guess_order(["/u/x_t1.png", "/u/x_t1c.png"], ["T1", "T1c"]) == ["/u/x_t1.png", "/u/x_t1c.png"]
+    assert app.guess_order(["/u/one.png", "/u/two.png"], ["FLAIR", "T1c"]) == ["/u/one.png", "/u/two.png"]
+
+
+# -- launching --------------------------------------------------------------------------------------
+
+
+def test_launch_kwargs_cap_uploads_and_honour_host_and_port(app, monkeypatch):
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    kw = app.launch_kwargs()
+    assert (kw["server_name"], kw["server_port"]) == ("127.0.0.1", 7860)
+    assert kw["max_file_size"] == app.MAX_FILE_SIZE == "200mb"
+    assert "200MB" in app.files.label  # the UI says so
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    assert (app.launch_kwargs()["server_name"], app.launch_kwargs()["server_port"]) == ("0.0.0.0", 7999)
+    assert app.launch_kwargs(host="::1", port=8123)["server_port"] == 8123
+    assert app.demo._queue.default_concurrency_limit == app.CONCURRENCY
+
+
+# -- the UI handlers --------------------------------------------------------------------------------
+
+
+def test_on_files_volume_sets_slice_slider_pickers_and_preview(app, brats):
+    out = app.on_files([str(SLAB[1]), str(SLAB[0])], brats, "", str(SLAB_SEG), None)  # T1c uploaded first
+    pickers, slider, volume_row, preview, info = out[:4], out[4], out[5], out[6], out[7]
+    assert [_get(p, "value") for p in pickers[:2]] == [str(SLAB[0]), str(SLAB[1])]  # matched by name
+    assert _get(pickers[0], "visible") and not _get(pickers[2], "visible")
+    assert _get(slider, "visible") and _get(slider, "maximum") == 5 and _get(slider, "value") == 3
+    assert _get(volume_row, "visible")
+    assert _png(preview).shape == (240, 240, 3) and "slice 3" in info and "ground truth" in info
+    other, _ = app.on_view([str(SLAB[1]), str(SLAB[0])], brats, "", str(SLAB_SEG), None, 0, *[str(SLAB[0]), str(SLAB[1])], None, None)  # fmt: skip
+    assert not np.array_equal(_png(other), _png(preview))
+
+
+def test_sampling_streams_every_step_then_fills_both_views(app, brats):
+    outs = _segment(app, BRATS_PNG, brats, truth=BRATS_SEG)
+    assert len(outs) == STEPS + 1
+    streamed = [o[app.x0_image] for o in outs[:-1]]
+    assert len(set(streamed)) == STEPS and all(Path(p).is_file() for p in streamed)
+    final = outs[-1]
+    run = final[app.run_state]
+    assert run.result.labels.shape == (240, 240) and len(run.step_files) == STEPS
+    assert _get(final[app.step_slider], "maximum") == STEPS and _get(final[app.step_slider], "interactive")
+    for key in (app.consensus_image, app.uncertainty_image, app.trajectory_plot):
+        assert _png(final[key]).ndim == 3
+    assert _png(final[app.consensus_image]).shape[:2] == (240, 240)  # at the image's resolution
+    assert "necrosis" in final[app.legend] and "| oedema |" in final[app.dice_table]
+    assert "Done:" in final[app.status]
+    mask_png, gif = final[app.exports]
+    np.testing.assert_array_equal(_png(mask_png), run.result.labels)
+    with Image.open(gif) as g:
+        assert g.n_frames == STEPS
+
+    first, last = app.show_step(run, 1), app.show_step(run, STEPS)
+    assert first[1] != last[1] and "Step 1 /" in first[3] and f"Step {STEPS} / {STEPS}" in last[3]
+    assert "t = 1.000" in first[3] and "log-SNR" in first[3]
+    assert not np.array_equal(_png(first[0]), _png(last[0]))  # x_t: noise first, nearly a mask last
+
+
+def test_refusing_uses_the_stored_trajectory_without_sampling(app, brats, monkeypatch):
+    import medconddiff.pipeline as pipeline
+
+    run = _segment(app, BRATS_PNG, brats, ensemble=2)[-1][app.run_state]
+    expected = run.result.refuse("majority_vote")
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("re-fusing must not sample again")
+
+    monkeypatch.setattr(pipeline, "sample_loop", no_sampling)
+    monkeypatch.setattr(app, "iter_segment_slices", no_sampling)
+    out = app.refuse(run, "majority_vote", 0.3, "entropy")
+    assert out[0].result.consensus == "majority_vote" and out[-1] == "majority_vote"
+    np.testing.assert_array_equal(out[0].result.labels, expected.labels)
+    np.testing.assert_array_equal(_png(out[5][0]), expected.labels)  # the export follows
+    assert "no new sampling" in out[6]
+    assert app.redraw(run, 0.0, "entropy")[0] != out[1]
+
+
+def test_nifti_exports_keep_the_upload_affine(app, brats):
+    run = _segment(app, SLAB, brats, slice_index=2)[-1][app.run_state]
+    nii = next(f for f in app._exports(run) if f.endswith(".nii.gz"))
+    img, src = nib.load(nii), nib.load(str(SLAB[0]))
+    shift = np.eye(4)
+    shift[2, 3] = 2
+    np.testing.assert_allclose(img.affine, src.affine @ shift)
+    np.testing.assert_array_equal(np.asarray(img.dataobj)[..., 0], run.result.labels)
+
+    path, note = app.run_volume(
+        [str(p) for p in SLAB],
+        brats,
+        "",
+        None,
+        STEPS,
+        "DDIM (deterministic)",
+        1,
+        "mean_logits",
+        0,
+        None,
+        None,
+        None,
+        None,
+    )
+    vol = nib.load(path)
+    assert vol.shape == src.shape and "6 slices" in note
+    np.testing.assert_allclose(vol.affine, src.affine)
+
+
+# -- bad input: a clear gr.Error, and the app keeps serving ------------------------------------------
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[list[Path], str]]:
+    """name -> (files, part of the expected message)."""
+    txt = tmp / "notes.txt"
+    txt.write_text("not an image")
+    corrupt = tmp / "broken.nii.gz"
+    corrupt.write_bytes(os.urandom(2048))
+    affine = np.eye(4)
+    four_d = tmp / "three_modalities.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.rand(16, 16, 4, 3).astype(np.float32), affine), str(four_d))
+    five_d = tmp / "five_d.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.rand(16, 16, 2, 2, 2).astype(np.float32), affine), str(five_d))
+    nan = np.random.rand(16, 16, 4).astype(np.float32)
+    nan[3, 3, 1] = np.nan
+    nan_file, inf_file = tmp / "nan.nii.gz", tmp / "inf.nii.gz"
+    nib.save(nib.Nifti1Image(nan, affine), str(nan_file))
+    nib.save(nib.Nifti1Image(np.where(np.isnan(nan), np.inf, nan), affine), str(inf_file))
+    blank = tmp / "blank.png"
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(blank)
+    huge = tmp / "huge.png"
+    Image.fromarray(np.zeros((4097, 4096), np.uint8)).save(huge)
+    return {
+        "wrong type": ([txt, txt], "unsupported file type"),
+        "corrupt NIfTI": ([corrupt, corrupt], "not a readable NIfTI"),
+        "4-D NIfTI, wrong channel count": ([four_d], "expects 2 modality channel(s)"),
+        "4-D NIfTI with another file": ([four_d, SLAB[1]], "4-D volume given with other files"),
+        "5-D NIfTI": ([five_d, five_d], "5-D"),
+        "NaN": ([nan_file, nan_file], "NaN/Inf"),
+        "Inf": ([inf_file, inf_file], "NaN/Inf"),
+        "blank image": ([blank, blank], "same value"),
+        "huge image": ([huge, huge], "too large"),
+        "one modality for a two-modality model": ([BRATS_PNG[0]], "expects 2 modality channel(s)"),
+        "mixed sizes": ([BRATS_PNG[0], EXAMPLES / "ct_z088.png"], "differ in size"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory) -> dict[str, tuple[list[Path], str]]:
+    return _bad_inputs(tmp_path_factory.mktemp("bad-inputs"))
+
+
+BAD_CASES = [
+    "wrong type", "corrupt NIfTI", "4-D NIfTI, wrong channel count", "4-D NIfTI with another file", "5-D NIfTI",
+    "NaN", "Inf", "blank image", "huge image", "one modality for a two-modality model", "mixed sizes",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_gives_a_clear_error(app, brats, bad_inputs, case):
+    import gradio as gr
+
+    files, message = bad_inputs[case]
+    with pytest.raises(gr.Error, match=re.escape(message)):
+        app.segment_api([str(f) for f in files], "", STEPS, 1, "", 0)
+    with pytest.raises(gr.Error, match=re.escape(message)):  # the UI path says the same
+        app.on_files([str(f) for f in files], brats, "", None, None)
+
+
+def test_bad_settings_and_truth_give_clear_errors_and_the_app_keeps_serving(app, brats):
+    import gradio as gr
+
+    for settings, message in [((500, 1, ""), "at most"), ((4, 1, "median"), "unknown consensus")]:
+        with pytest.raises(gr.Error, match=message):
+            app.segment_api([str(f) for f in BRATS_PNG], "", *settings, 0)
+    with pytest.raises(gr.Error, match="does not match the image"):
+        app.on_files([str(f) for f in BRATS_PNG], brats, "", str(EXAMPLES / "ct_z088_seg.png"), None)
+    with pytest.raises(gr.Error, match="no input file"):
+        app.segment_api([], "", STEPS, 1, "", 0)
+    mask, summary = app.segment_api([str(f) for f in BRATS_PNG], "", STEPS, 1, "", 0)  # still serving
+    assert summary["shape"] == [240, 240]
+
+
+def test_bad_weights_give_clear_errors(app, tmp_path, monkeypatch):
+    import gradio as gr
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # never touch the network here
+    broken = tmp_path / "broken-weights"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"image_size": 64}')
+    with pytest.raises(gr.Error, match="missing field"):
+        app.on_model(None, str(broken))
+    (broken / "config.json").write_text((Path(app.hub.resolve(None)) / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(gr.Error, match="safetensors"):
+        app.segment_api([str(f) for f in BRATS_PNG], str(broken), STEPS, 1, "", 0)
+    with pytest.raises(gr.Error, match="no such weights folder"):
+        app.on_model(None, str(tmp_path / "nowhere"))
+    with pytest.raises(gr.Error, match="nobody/no-such-model"):
+        app.on_model(None, "nobody/no-such-model")
+
+
+# -- About ------------------------------------------------------------------------------------------
+
+
+def test_about_reads_validation_numbers_from_the_model_card(app, tiny_weights, tmp_path):
+    import shutil
+
+    folder = Path(shutil.copytree(tiny_weights, tmp_path / "carded"))
+    bare = app.about_markdown(str(folder))
+    assert "Not yet evaluated" in bare and "not for clinical use" in bare.lower() and app.PAPER_URL in bare
+    (folder / "README.md").write_text(
+        "---\nlicense: cc-by-nc-sa-3.0\n---\n# A model\n\n## Training data\n\nTwo BraTS patients.\n\n"
+        "## Validation\n\n| region | Dice |\n|---|---|\n| WT | 0.812 |\n"
+    )
+    (folder / "training.json").write_text('{"steps": 1800, "train_slices": 240}')
+    carded = app.about_markdown(str(folder))
+    assert "| WT | 0.812 |" in carded and "Two BraTS patients" in carded and "steps 1800" in carded
+    assert "license:" not in carded
+
+
+# -- the public API through gradio_client -------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    port = _free_port()
+    app.demo.launch(**app.launch_kwargs(port=port), prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.demo.close()
+
+
+def test_api_segment_with_gradio_client(app, server, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server, verbose=False, download_files=str(tmp_path))
+    assert "/segment" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    started = time.perf_counter()
+    mask, summary = client.predict(
+        [handle_file(str(p)) for p in BRATS_PNG], "", STEPS, 1, "mean_logits", 0, api_name="/segment"
+    )
+    labels = _png(mask)
+    assert labels.shape == (240, 240) == tuple(summary["shape"])
+    assert labels.max() < len(summary["classes"]) and summary["classes"][0] == "background"
+    assert sum(summary["areas"]) == 240 * 240
+    assert summary["areas"] == np.bincount(labels.ravel(), minlength=len(summary["classes"])).tolist()
+    assert time.perf_counter() - started < 60
+
+    _, vol = client.predict([handle_file(str(p)) for p in SLAB], "", STEPS, 1, "", 0, api_name="/segment")
+    assert vol["shape"] == [240, 240] and vol["slice"] == 3
+
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(AppError, match="not a readable NIfTI"):
+        client.predict([handle_file(str(bad))] * 2, "", STEPS, 1, "", 0, api_name="/segment")
+    _, again = client.predict([handle_file(str(p)) for p in BRATS_PNG], "", STEPS, 1, "", 0, api_name="/segment")
+    assert again["areas"] == summary["areas"]  # same seed, same mask: and the server still serves
