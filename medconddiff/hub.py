@@ -12,6 +12,7 @@ Loading is strict: every tensor must be present with the right shape; pickles ar
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,7 @@ DEFAULT_WEIGHTS = "brats-demo"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".nii", ".gz", ".png", ".jpg", ".zip")
 
 
 def bundled_models() -> list[str]:
@@ -50,8 +52,11 @@ def resolve(spec: str | os.PathLike | None = None) -> Path:
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
-    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.replace("/", "", 1) or path.suffix
     repo, rev = _split_revision(spec)
+    # Only file-like endings make a spec a path: repo names and revisions may hold dots ("x/y-1.5@v1.0").
+    looks_like_path = (
+        spec.startswith((".", "/", "~")) or "\\" in spec or repo.count("/") > 1 or repo.lower().endswith(_FILE_SUFFIXES)
+    )
     if path.exists():
         raise WeightsError(f"{spec}: is a file; --weights takes a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
     if looks_like_path or not _REPO_ID.match(repo):
@@ -60,6 +65,17 @@ def resolve(spec: str | os.PathLike | None = None) -> Path:
             f"{spec}: no such weights folder, and not a Hub repo id (owner/name[@revision]). Bundled models: {known}"
         )
     return _download(repo, rev)
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's text on one line (huggingface_hub's messages span several)."""
+    return " ".join(str(err).split())
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _download(repo: str, revision: str | None) -> Path:
@@ -79,21 +95,32 @@ def _download(repo: str, revision: str | None) -> Path:
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         try:
             files[name] = Path(hf_hub_download(repo_id=repo, filename=name, revision=revision))
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+            # before EntryNotFoundError: LocalEntryNotFoundError is a subclass of it (offline, not in the cache)
+            offline = " (HF_HUB_OFFLINE is set)" if _offline() else ""
+            raise WeightsError(
+                f"cannot reach the Hugging Face Hub for {where}{offline} and no cached copy exists. "
+                f"Connect to the internet (or set HF_ENDPOINT to a mirror), or download it elsewhere with "
+                f"`hf download {repo}{f' --revision {revision}' if revision else ''} --local-dir DIR` "
+                f"and pass that folder with --weights DIR"
+            ) from None
         except RevisionNotFoundError:
-            raise WeightsError(f"Hub repo {repo}: revision {revision!r} does not exist") from None
+            raise WeightsError(
+                f"Hub repo {repo}: revision {revision!r} does not exist; accepted: a branch, tag or commit of the repo"
+            ) from None
         except RepositoryNotFoundError:
             raise WeightsError(f"Hub repo {repo} not found (or private: log in with `hf auth login`)") from None
         except EntryNotFoundError:
             extra = " (pickled .bin/.pt weights are never loaded)" if name == WEIGHTS_NAME else ""
-            raise WeightsError(f"Hub repo {where} has no {name}{extra}") from None
-        except (LocalEntryNotFoundError, OfflineModeIsEnabled):
             raise WeightsError(
-                f"cannot reach the Hugging Face Hub for {where} and no cached copy exists. "
-                f"Connect to the internet (or set HF_ENDPOINT to a mirror), or download it elsewhere with "
-                f"`hf download {repo} --local-dir DIR` and pass that folder with --weights DIR"
+                f"Hub repo {where} has no {name}{extra}; accepted: {CONFIG_NAME} + {WEIGHTS_NAME}"
             ) from None
         except HfHubHTTPError as err:
-            raise WeightsError(f"Hub repo {where}: download failed ({err})") from None
+            raise WeightsError(f"Hub repo {where}: download failed ({_one_line(err)})") from None
+        except (OSError, ValueError) as err:  # a full disk, an unwritable cache, a malformed revision, ...
+            raise WeightsError(
+                f"Hub repo {where}: could not fetch {name} ({type(err).__name__}: {_one_line(err)})"
+            ) from None
     return files[WEIGHTS_NAME].parent
 
 
@@ -114,7 +141,17 @@ def load_folder(folder: Path, *, device: str | torch.device = "cpu") -> torch.nn
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise WeightsError(f"{weights}: not a valid safetensors file ({err})") from None
-    model = MedCondDiff(config)
+    if config.fusion != "none":
+        import timm
+
+        if not timm.is_model(config.backbone):
+            raise WeightsError(
+                f"{folder / CONFIG_NAME}: backbone {config.backbone!r} is not a timm model; accepted: a timm model "
+                "name with features_only support, e.g. pvt_v2_b1"
+            )
+    # The file holds every backbone tensor: never fetch ImageNet weights while loading, whatever the config says.
+    model = MedCondDiff(dataclasses.replace(config, pretrained_backbone=False))
+    model.config = config
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
