@@ -21,8 +21,9 @@ from .errors import InputError
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_IMAGE_PIXELS = 4096 * 4096  # a 2D upload larger than this is refused before decoding
-MAX_VOLUME_VOXELS = 1024 * 1024 * 1024 // 4  # 1 GiB of float32 per modality
+MAX_VOLUME_VOXELS = 1024 * 1024 * 1024 // 4  # 1 GiB of float32 for everything in one file
 MIN_SIDE = 8  # smaller images carry nothing the model can segment
+MAX_SIDE = 4096  # the maps are resized back onto a square of the longer side: bound its memory
 MAX_SPACING_MM = 100.0
 
 
@@ -54,6 +55,11 @@ class Scan:
         return self.data.ndim == 4
 
 
+def _one_line(err: BaseException) -> str:
+    """An exception's text on one line (nibabel's and Pillow's messages may span several)."""
+    return " ".join(str(err).split())
+
+
 def _check_values(data: np.ndarray, name: str) -> None:
     bad = ~np.isfinite(data)
     if bad.any():
@@ -63,30 +69,70 @@ def _check_values(data: np.ndarray, name: str) -> None:
         )
     if data.size and float(data.max()) == float(data.min()):
         raise InputError(
-            f"{name}: every pixel has the same value ({float(data.min()):g}): a blank image has nothing to segment"
+            f"{name}: every pixel has the same value ({float(data.min()):g}): a blank image has nothing to segment; "
+            "accepted: a scan with some contrast"
         )
 
 
-def _read_nifti_file(path: Path) -> tuple[np.ndarray, np.ndarray, object, tuple[float, ...]]:
+def _check_side(shape: tuple[int, int], name: str) -> None:
+    """(H, W) in-plane size within [MIN_SIDE, MAX_SIDE] on both axes."""
+    if min(shape) < MIN_SIDE or max(shape) > MAX_SIDE:
+        raise InputError(
+            f"{name}: in-plane size {shape[0]}x{shape[1]} is not usable; accepted: each side between "
+            f"{MIN_SIDE} and {MAX_SIDE} pixels"
+        )
+
+
+def _load_nifti(path: Path, what: str = "NIfTI file"):
+    """nib.load with the checks every NIfTI read needs: a non-empty file, a sane size, scalar real data.
+
+    Returns the nibabel image; its data has not been read yet.
+    """
     import nibabel as nib
 
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: file not found")
+    if not path.is_file():
+        raise InputError(f"{path}: is a folder, not a file; accepted: a .nii or .nii.gz {what}")
     if path.stat().st_size == 0:
-        raise InputError(f"{path.name}: the file is empty; accepted: a NIfTI-1/2 volume")
+        raise InputError(f"{path.name}: the file is empty; accepted: a .nii or .nii.gz {what}")
     try:
         img = nib.load(str(path))
-        shape = img.shape
-        if int(np.prod(shape[:3], dtype=np.int64)) > MAX_VOLUME_VOXELS:
-            raise InputError(f"{path.name}: volume of shape {shape} is too large (limit {MAX_VOLUME_VOXELS} voxels)")
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except InputError:
-        raise
+        shape = tuple(int(n) for n in img.shape)
+        dtype = np.dtype(img.get_data_dtype())
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as err:
         raise InputError(
-            f"{path.name}: not a readable NIfTI file ({type(err).__name__}: {err}); accepted: .nii or .nii.gz volumes"
+            f"{path.name}: not a readable {what} ({type(err).__name__}: {_one_line(err)}); accepted: .nii or .nii.gz"
         ) from None
+    if int(np.prod(shape, dtype=np.int64)) > MAX_VOLUME_VOXELS:  # every axis: a 4-D header can claim a lot too
+        raise InputError(
+            f"{path.name}: its header claims shape {shape}, more than {MAX_VOLUME_VOXELS} voxels; "
+            f"accepted: at most {MAX_VOLUME_VOXELS} voxels in one file"
+        )
+    if dtype.fields is not None or dtype.kind == "c":
+        kind = "complex" if dtype.kind == "c" else "RGB/structured"
+        raise InputError(f"{path.name}: {kind} voxels ({dtype}); accepted: one real intensity per voxel")
+    return img
+
+
+def _read_dataobj(img, path: Path, what: str = "NIfTI file") -> np.ndarray:
+    """The voxels as float32; a file shorter than its header says (or a broken gzip) is an `InputError`."""
+    import nibabel as nib
+
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf from a broken scale factor are checked later
+            return np.asarray(img.dataobj, dtype=np.float32)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as err:
+        raise InputError(
+            f"{path.name}: not a readable {what} ({type(err).__name__}: {_one_line(err)}); accepted: .nii or .nii.gz"
+        ) from None
+
+
+def _read_nifti_file(path: Path) -> tuple[np.ndarray, np.ndarray, object, tuple[float, ...]]:
+    img = _load_nifti(path)
+    data = _read_dataobj(img, path)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    zooms = zooms + (1.0,) * (3 - len(zooms))  # a 2-D file has two
     return data, np.asarray(img.affine, dtype=np.float64), img.header, zooms
 
 
@@ -124,16 +170,13 @@ def read_nifti(paths: list[str | Path]) -> Scan:
             affine, header, zooms = aff, hdr, zz
         arrays.append(data)
     vol = np.concatenate(arrays, axis=0)
-    if min(vol.shape[1:3]) < MIN_SIDE:
-        raise InputError(
-            f"{paths[0].name}: in-plane size {vol.shape[1:3]} is too small; at least {MIN_SIDE}x{MIN_SIDE} pixels"
-        )
+    _check_side(vol.shape[1:3], paths[0].name)
     if any(not (0 < z <= MAX_SPACING_MM) for z in zooms):
         raise InputError(
             f"{paths[0].name}: voxel spacing {zooms} mm is not usable; accepted: each in (0, {MAX_SPACING_MM:g}] mm"
         )
     if not np.isfinite(affine).all():
-        raise InputError(f"{paths[0].name}: the affine contains NaN/Inf")
+        raise InputError(f"{paths[0].name}: the affine contains NaN/Inf; accepted: a finite voxel-to-world affine")
     _check_values(vol, paths[0].name)
     return Scan(data=vol, affine=affine, header=header, spacing=zooms, kind="nifti")
 
@@ -147,17 +190,18 @@ def read_image(path: str | Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: file not found")
+    if not path.is_file():
+        raise InputError(f"{path}: is a folder, not a file; accepted: PNG/JPG/BMP/TIFF images")
     if path.stat().st_size == 0:
         raise InputError(f"{path.name}: the file is empty; accepted: PNG/JPG/BMP/TIFF images")
+    too_large = f"accepted: at most {MAX_IMAGE_PIXELS} pixels (e.g. 4096x4096)"
     try:
         with Image.open(path) as img:
             w, h = img.size
             if w * h > MAX_IMAGE_PIXELS:
-                raise InputError(
-                    f"{path.name}: {w}x{h} pixels is too large; accepted: at most {MAX_IMAGE_PIXELS} pixels (e.g. 4096x4096)"
-                )
+                raise InputError(f"{path.name}: {w}x{h} pixels is too large; {too_large}")
             if getattr(img, "n_frames", 1) > 1:
                 raise InputError(f"{path.name}: has {img.n_frames} frames; accepted: a single 2D image")
             if img.mode == "P":
@@ -167,7 +211,9 @@ def read_image(path: str | Path) -> np.ndarray:
             arr = np.asarray(img)
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+    except Image.DecompressionBombError:  # Pillow's own guard, for images far beyond our limit
+        raise InputError(f"{path.name}: too large to decode safely (a decompression bomb?); {too_large}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
         raise InputError(
             f"{path.name}: not a readable image ({type(err).__name__}); accepted: PNG/JPG/BMP/TIFF"
         ) from None
@@ -181,11 +227,8 @@ def read_image(path: str | Path) -> np.ndarray:
         if arr.shape[0] == 3 and np.array_equal(arr[0], arr[1]) and np.array_equal(arr[1], arr[2]):
             arr = arr[:1]
     else:
-        raise InputError(f"{path.name}: image array of shape {arr.shape} is not 2D")
-    if min(arr.shape[1:]) < MIN_SIDE:
-        raise InputError(
-            f"{path.name}: {arr.shape[2]}x{arr.shape[1]} pixels is too small; at least {MIN_SIDE}x{MIN_SIDE}"
-        )
+        raise InputError(f"{path.name}: image array of shape {arr.shape} is not 2D; accepted: a single 2D image")
+    _check_side(arr.shape[1:], path.name)
     return arr
 
 
@@ -200,10 +243,15 @@ def read_scan(paths: list[str | Path]) -> Scan:
         return read_nifti(paths)
     chans = [read_image(p) for p in paths]
     if len(chans) > 1:
-        if any(c.shape[0] != 1 for c in chans):
-            raise InputError("several 2D images were given, one per modality: each must be greyscale")
+        colour = [Path(p).name for p, c in zip(paths, chans, strict=True) if c.shape[0] != 1]
+        if colour:
+            raise InputError(
+                f"{', '.join(colour)}: colour image given as one of several modality files; "
+                "accepted: one greyscale image per modality"
+            )
         if len({c.shape for c in chans}) > 1:
-            raise InputError(f"modality images differ in size: {[c.shape[1:] for c in chans]}; they must match")
+            sizes = ", ".join(f"{Path(p).name} {c.shape[2]}x{c.shape[1]}" for p, c in zip(paths, chans, strict=True))
+            raise InputError(f"modality images differ in size ({sizes}); accepted: images of one size")
     data = np.concatenate(chans, axis=0)
     _check_values(data, Path(paths[0]).name)
     return Scan(data=data, affine=None, header=None, spacing=(1.0, 1.0), kind="image")
@@ -211,28 +259,28 @@ def read_scan(paths: list[str | Path]) -> Scan:
 
 def read_labels(path: str | Path, *, shape: tuple[int, ...], num_classes: int) -> np.ndarray:
     """A ground-truth label map (NIfTI or PNG) checked against the image grid and the classes."""
+    path = Path(path)
     if kind_of(path) == "nifti":
-        import nibabel as nib
-
-        try:
-            arr = np.asarray(nib.load(str(path)).dataobj)
-        except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as err:
-            raise InputError(f"{Path(path).name}: not a readable NIfTI label map ({type(err).__name__})") from None
+        img = _load_nifti(path, "NIfTI label map")
+        arr = _read_dataobj(img, path, "NIfTI label map")
         arr = np.squeeze(arr) if arr.ndim > len(shape) else arr
     else:
         arr = read_image(path)
         if arr.shape[0] != 1:
-            raise InputError(f"{Path(path).name}: a label image must be greyscale (one value per pixel)")
+            raise InputError(f"{path.name}: a colour label image; accepted: greyscale, one class index per pixel")
         arr = arr[0]
     if tuple(arr.shape) != tuple(shape):
-        raise InputError(f"{Path(path).name}: ground truth shape {arr.shape} does not match the image {tuple(shape)}")
+        raise InputError(
+            f"{path.name}: ground truth shape {tuple(arr.shape)} does not match the image {tuple(shape)}; "
+            "accepted: a label map on the image's grid"
+        )
     if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
-        raise InputError(f"{Path(path).name}: ground truth must hold integer labels")
+        raise InputError(f"{path.name}: ground truth holds non-integer values; accepted: integer class indices")
     labels = arr.astype(np.int64)
     bad = np.setdiff1d(np.unique(labels), np.arange(num_classes))
     if bad.size:
         raise InputError(
-            f"{Path(path).name}: unknown label value(s) {bad[:8].tolist()}; this model's classes are 0..{num_classes - 1}"
+            f"{path.name}: unknown label value(s) {bad[:8].tolist()}; accepted: this model's classes 0..{num_classes - 1}"
         )
     return labels
 
