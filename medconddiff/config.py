@@ -19,6 +19,12 @@ FUSION_MODES = ("add", "concat", "none")
 MODALITIES = ("mri", "ct", "natural")
 SAMPLERS = ("ddim", "ddpm")
 
+MAX_CHANNELS = 64
+MAX_CLASSES = 256  # label maps are written as 8-bit images
+MAX_IMAGE_SIZE = 2048
+MAX_WIDTH = 4096
+_FIELD_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list}
+
 # Hounsfield windows as (level, width); "abdomen" is the usual soft-tissue abdominal window.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
     "abdomen": (40.0, 400.0),
@@ -71,17 +77,31 @@ class MedCondDiffConfig:
 
     def validate(self) -> None:
         """Raise `WeightsError` naming the first field that cannot build a model."""
-        problems = []
-        if self.image_channels < 1:
-            problems.append(f"image_channels must be >= 1, got {self.image_channels}")
+        problems = self._type_problems()
+        if problems:  # comparing a string with a number below would fail with a TypeError
+            raise WeightsError("invalid model config: " + "; ".join(problems))
+        if not 1 <= self.image_channels <= MAX_CHANNELS:
+            problems.append(f"image_channels must be between 1 and {MAX_CHANNELS}, got {self.image_channels}")
         if len(self.channel_names) != self.image_channels:
             problems.append(f"channel_names has {len(self.channel_names)} names for {self.image_channels} channels")
-        if self.num_classes < 2:
-            problems.append(f"num_classes must be >= 2, got {self.num_classes}")
+        if not 2 <= self.num_classes <= MAX_CLASSES:
+            problems.append(
+                f"num_classes must be between 2 and {MAX_CLASSES} (8-bit label maps), got {self.num_classes}"
+            )
         if len(self.class_names) != self.num_classes:
             problems.append(f"class_names has {len(self.class_names)} names for {self.num_classes} classes")
-        if self.image_size < 32 or self.image_size % 32:
-            problems.append(f"image_size must be a multiple of 32, got {self.image_size}")
+        if not 32 <= self.image_size <= MAX_IMAGE_SIZE or self.image_size % 32:
+            problems.append(
+                f"image_size must be a multiple of 32 between 32 and {MAX_IMAGE_SIZE}, got {self.image_size}"
+            )
+        if not 8 <= self.width <= MAX_WIDTH or self.width % 8:
+            problems.append(f"width must be a multiple of 8 between 8 and {MAX_WIDTH}, got {self.width}")
+        if not 2 <= self.time_embed_dim <= MAX_WIDTH or self.time_embed_dim % 2:
+            problems.append(f"time_embed_dim must be even, between 2 and {MAX_WIDTH}, got {self.time_embed_dim}")
+        if not 0 <= self.context_blocks <= 16:
+            problems.append(f"context_blocks must be between 0 and 16, got {self.context_blocks}")
+        if not self.default_steps >= 1 or not self.default_ensemble >= 1:
+            problems.append("default_steps and default_ensemble must be >= 1")
         if self.fusion not in FUSION_MODES:
             problems.append(f"fusion must be one of {', '.join(FUSION_MODES)}; got {self.fusion!r}")
         if self.modality not in MODALITIES:
@@ -90,10 +110,30 @@ class MedCondDiffConfig:
             problems.append(f"ct_window must be one of {', '.join(CT_WINDOWS)}; got {self.ct_window!r}")
         if self.default_sampler not in SAMPLERS:
             problems.append(f"default_sampler must be one of {', '.join(SAMPLERS)}")
-        if not self.logsnr_min < self.logsnr_max:
-            problems.append("logsnr_min must be below logsnr_max")
+        if not (
+            math.isfinite(self.logsnr_min) and math.isfinite(self.logsnr_max) and self.logsnr_min < self.logsnr_max
+        ):
+            problems.append("logsnr_min must be below logsnr_max, both finite")
         if problems:
             raise WeightsError("invalid model config: " + "; ".join(problems))
+
+    def _type_problems(self) -> list[str]:
+        """Each field holds its declared JSON type (an int is accepted where a float belongs)."""
+        problems = []
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), _FIELD_TYPES[str(f.type)]
+            if kind is list:
+                ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            elif kind is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            elif kind is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, kind)
+            if not ok:
+                want = "a list of strings" if kind is list else kind.__name__
+                problems.append(f"{f.name} must be {want}, got {type(value).__name__} {value!r:.40}")
+        return problems
 
     @property
     def logsnr_shift(self) -> float:
@@ -117,7 +157,7 @@ class MedCondDiffConfig:
             raise WeightsError(f"{source}: missing field(s) {', '.join(missing)}")
         try:
             return cls(**data)
-        except TypeError as err:  # e.g. a list where an int belongs
+        except (WeightsError, TypeError) as err:
             raise WeightsError(f"{source}: {err}") from None
 
     @classmethod
