@@ -7,10 +7,15 @@ saying what was wrong and what is accepted; never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import InputError, MedCondDiffError
+from .errors import InputError, MedCondDiffError, SettingsError
+
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit value
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -66,32 +71,52 @@ def _check_output(path: Path, kind: str) -> None:
         raise InputError(f"output {path.name}: 2D input gives a PNG label map; name the output .png")
     if path.is_dir():
         raise InputError(f"output {path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(
+            f"output {path}: cannot create its folder ({err.strerror or err}); give a writable path"
+        ) from None
+
+
+def _write(path: Path, write) -> None:
+    """Run `write(path)`; a disk or permission problem becomes an `InputError` naming the file."""
+    try:
+        write(path)
+    except OSError as err:
+        raise InputError(f"cannot write {path} ({err.strerror or err}); give a writable path") from None
 
 
 def cmd_segment(args) -> int:
     import numpy as np
 
     from . import io
-    from .hub import load_model
+    from .config import MedCondDiffConfig
+    from .hub import CONFIG_NAME, load_folder, resolve
     from .pipeline import SamplingSettings, load_case, resolve_device, segment_image, segment_volume
 
     out = Path(args.output)
     kind = io.kind_of(args.inputs[0])
     _check_output(out, kind)
     if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise SettingsError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise SettingsError(f"--seed must be between 0 and {MAX_SEED}, got {args.seed}")
+    if args.uncertainty:
+        _check_output(Path(args.uncertainty), kind)
     device = resolve_device(args.device)
-    model = load_model(args.weights, device=device)
+    folder = resolve(args.weights)
+    config = MedCondDiffConfig.from_json(folder / CONFIG_NAME)
     settings = SamplingSettings.defaults_for(
-        model.config,
+        config,
         steps=args.steps,
         ensemble=args.ensemble,
         consensus=args.consensus,
         sampler=args.sampler,
         seed=args.seed,
     )
-    scan = load_case(args.inputs, model.config)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    scan = load_case(args.inputs, config)  # bad input fails fast, before the network is built
+    model = load_folder(folder, device=device)
     if scan.is_volume:
         res = segment_volume(
             model,
@@ -102,24 +127,28 @@ def cmd_segment(args) -> int:
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
-        io.write_nifti_labels(res.labels, out, affine=scan.affine, header=scan.header)
+        _write(out, lambda p: io.write_nifti_labels(res.labels, p, affine=scan.affine, header=scan.header))
         agreement = res.agreement
         if args.uncertainty:
             import nibabel as nib
 
-            nib.save(nib.Nifti1Image(agreement.astype(np.float32), scan.affine), args.uncertainty)
+            img = nib.Nifti1Image(agreement.astype(np.float32), scan.affine)
+            _write(Path(args.uncertainty), lambda p: nib.save(img, str(p)))
         labels = res.labels
     else:
         res = segment_image(model, scan.data, settings, kind=scan.kind, ct_window=args.ct_window, keep_trajectory=False)
-        io.write_png_labels(res.labels, out)
+        _write(out, lambda p: io.write_png_labels(res.labels, p))
         if args.uncertainty:
             from PIL import Image
 
-            Image.fromarray((res.agreement * 255).round().astype(np.uint8)).save(args.uncertainty)
+            img = Image.fromarray((res.agreement * 255).round().astype(np.uint8))
+            _write(Path(args.uncertainty), lambda p: img.save(str(p)))
         labels = res.labels
     counts = np.bincount(labels.ravel(), minlength=model.config.num_classes)
     found = ", ".join(
-        f"{n}: {int(c)}" for n, c in zip(model.config.class_names, counts, strict=True) if c and n != model.config.class_names[0]
+        f"{n}: {int(c)}"
+        for n, c in zip(model.config.class_names, counts, strict=True)
+        if c and n != model.config.class_names[0]
     )
     print(f"wrote {out} ({'x'.join(map(str, labels.shape))}; {found or 'no foreground found'})")
     return 0
@@ -147,7 +176,19 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    """Keep stderr to our one line: library warnings and log chatter are for developers.
+
+    PYTHONWARNINGS / -W and HF_HUB_VERBOSITY still win when set.
+    """
+    if not sys.warnoptions:
+        warnings.simplefilter("ignore")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is first imported
+    logging.getLogger("nibabel").setLevel(logging.ERROR)  # "pixdim[1,2,3] should be positive; setting to abs"
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     args = _build_parser().parse_args(argv)
     try:
         return cmd_segment(args) if args.command == "segment" else cmd_info(args)
