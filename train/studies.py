@@ -1,0 +1,147 @@
+"""The studies reported in the README, each one command.
+
+    python -m train.studies fusion    # paper Table 3: add vs concat vs none at equal budget
+    python -m train.studies consensus --weights assets/weights/brats-demo   # consensus x steps x ensemble
+
+Both evaluate on the BraTS validation patients through the shared pipeline and write JSON + Markdown
+into runs/studies/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medconddiff import metrics
+from medconddiff.consensus import CONSENSUS
+from medconddiff.hub import load_model
+from medconddiff.pipeline import SamplingSettings, load_case, segment_slices
+
+from . import data as D
+from . import evaluate as E
+from . import train as T
+
+FUSION_ARMS = ("add", "concat", "none")
+
+
+def study_fusion(args) -> dict:
+    out = Path(args.out)
+    rows = {}
+    for arm in FUSION_ARMS:
+        run_dir = out / f"fusion_{arm}"
+        if not (run_dir / "weights" / "model.safetensors").is_file():
+            T.main(["--config", f"train/configs/ablation_fusion_{arm}.toml", "--out", str(run_dir), "--no-progress"])
+        model = load_model(run_dir / "weights")
+        data = D.DataSettings(**json.loads((run_dir / "weights" / "training.json").read_text())["data"])
+        data.root = args.data
+        report = E.evaluate(model, data, SamplingSettings.defaults_for(model.config), progress=False)
+        rows[arm] = {
+            "wt": report["mean"]["brats"]["WT"]["dice"],
+            "tc": report["mean"]["brats"]["TC"]["dice"],
+            "et": report["mean"]["brats"]["ET"]["dice"],
+            "dice_fg": report["mean"]["dice_mean"]["foreground"],
+            "dice_all": report["mean"]["dice_mean"]["all"],
+            "params": model.parameter_counts()["total"],
+        }
+    lines = ["| fusion | params | WT | TC | ET | mean Dice (fg) | mean Dice (all) |", "|---|---|---|---|---|---|---|"]
+    for arm, r in rows.items():
+        lines.append(
+            f"| {arm} | {r['params'] / 1e6:.1f}M | {r['wt']:.3f} | {r['tc']:.3f} | {r['et']:.3f} | "
+            f"{r['dice_fg']:.3f} | {r['dice_all']:.3f} |"
+        )
+    table = "\n".join(lines)
+    (out / "fusion.json").write_text(json.dumps(rows, indent=2))
+    (out / "fusion.md").write_text(table + "\n")
+    print(table)
+    return rows
+
+
+def study_consensus(args) -> dict:
+    """Every consensus function for each (steps, ensemble): one sampling per setting, fused five ways."""
+    model = load_model(args.weights)
+    k = model.config.num_classes
+    data = E.detect_data(Path(args.data), model.config)
+    cases = D.find_cases(data.root, data)
+    loaded = []
+    for case in cases:
+        scan = load_case(case.images, model.config)
+        _, truth = D.read_case(case, data)
+        loaded.append((case.name, scan, truth))
+    rows = []
+    for steps in args.steps:
+        for ens in args.ensembles:
+            preds = {m: [] for m in CONSENSUS}
+            t0 = time.time()
+            for _, scan, _ in loaded:
+                vol = {m: np.zeros(scan.data.shape[1:], np.int64) for m in CONSENSUS}
+                z = scan.data.shape[-1]
+                settings = SamplingSettings(steps=steps, ensemble=ens, seed=0)
+                for start in range(0, z, 16):
+                    idx = list(range(start, min(z, start + 16)))
+                    res = segment_slices(
+                        model, [scan.data[..., i] for i in idx], settings, kind="nifti", keep_trajectory=True
+                    )
+                    for i, r in zip(idx, res, strict=True):
+                        for m in CONSENSUS:
+                            vol[m][..., i] = r.labels if r.trajectory is None else r.refuse(m).labels
+                for m in CONSENSUS:
+                    preds[m].append(vol[m])
+            seconds = (time.time() - t0) / len(loaded)
+            for m in CONSENSUS:
+                cases_m = [
+                    metrics.evaluate_case(p, t, k, brats=True) for p, (_, _, t) in zip(preds[m], loaded, strict=True)
+                ]
+                mean = E.mean_of(cases_m)
+                rows.append(
+                    {
+                        "consensus": m,
+                        "steps": steps,
+                        "ensemble": ens,
+                        "seconds_per_volume": seconds,
+                        "wt": mean["brats"]["WT"]["dice"],
+                        "tc": mean["brats"]["TC"]["dice"],
+                        "et": mean["brats"]["ET"]["dice"],
+                        "dice_fg": mean["dice_mean"]["foreground"],
+                    }
+                )
+            print(f"steps {steps} ensemble {ens}: {seconds:.0f} s per volume", flush=True)
+    lines = ["| consensus | S | E | WT | TC | ET | mean Dice (fg) | s / volume |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['consensus']} | {r['steps']} | {r['ensemble']} | {r['wt']:.3f} | {r['tc']:.3f} | {r['et']:.3f} | "
+            f"{r['dice_fg']:.3f} | {r['seconds_per_volume']:.0f} |"
+        )
+    table = "\n".join(lines)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "consensus.json").write_text(json.dumps(rows, indent=2))
+    (out / "consensus.md").write_text(table + "\n")
+    print(table)
+    return {"rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train.studies", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="study", required=True)
+    f = sub.add_parser("fusion", help="train and evaluate the add/concat/none arms")
+    f.add_argument("--data", default="../shared/data/brats2015/validation")
+    f.add_argument("--out", default="runs/studies")
+    c = sub.add_parser("consensus", help="consensus functions x steps x ensemble size")
+    c.add_argument("--weights", default="brats-demo")
+    c.add_argument("--data", default="../shared/data/brats2015/validation")
+    c.add_argument("--steps", type=int, nargs="+", default=[1, 2, 5, 10, 20])
+    c.add_argument("--ensembles", type=int, nargs="+", default=[1, 4])
+    c.add_argument("--out", default="runs/studies")
+    args = ap.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (study_fusion if args.study == "fusion" else study_consensus)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
