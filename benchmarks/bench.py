@@ -48,7 +48,13 @@ from medconddiff.config import MedCondDiffConfig  # noqa: E402
 from medconddiff.consensus import fuse  # noqa: E402
 from medconddiff.diffusion import probs_to_x0  # noqa: E402
 from medconddiff.model import MedCondDiff  # noqa: E402
-from medconddiff.pipeline import SamplingSettings, load_case, segment_image, segment_volume  # noqa: E402
+from medconddiff.pipeline import (  # noqa: E402
+    SamplingSettings,
+    load_case,
+    segment_image,
+    segment_volume,
+    use_channels_last,
+)
 from medconddiff.sampler import MaskScheduler, sample_loop  # noqa: E402
 
 EXAMPLE_SLICE = [
@@ -204,7 +210,17 @@ def build_model(size: int, weights, device: torch.device) -> tuple[torch.nn.Modu
 # -- the structures compared ----------------------------------------------------------------------
 
 
-def ours(model, image: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+@dataclass(frozen=True)
+class Perf:
+    """The speed options under test, applied alike to every structure compared."""
+
+    channels_last: bool
+
+    def pipeline_kwargs(self) -> dict:
+        return {"channels_last": self.channels_last}
+
+
+def ours(model, image: torch.Tensor, settings: SamplingSettings, perf: Perf) -> torch.Tensor:
     """This design: backbone once, then `sample_loop`, then the consensus. (B, C, H, W) -> (B, H, W) labels."""
     generator = torch.Generator().manual_seed(settings.seed)
     with torch.inference_mode():
@@ -218,6 +234,7 @@ def ours(model, image: torch.Tensor, settings: SamplingSettings) -> torch.Tensor
                 sampler=settings.sampler,
                 generator=generator,
                 keep_x_t=False,
+                channels_last=perf.channels_last,
             )
         )
         logits = torch.stack([r.logits for r in records])  # (S, E, B, K, H, W)
@@ -226,7 +243,13 @@ def ours(model, image: torch.Tensor, settings: SamplingSettings) -> torch.Tensor
 
 
 def backbone_every_step(
-    model, image: torch.Tensor, settings: SamplingSettings, *, limit: int | None = None, consensus: bool = True
+    model,
+    image: torch.Tensor,
+    settings: SamplingSettings,
+    perf: Perf,
+    *,
+    limit: int | None = None,
+    consensus: bool = True,
 ) -> torch.Tensor | None:
     """The authors' structure: `encode_image` inside the step loop, everything else as in `sample_loop`.
 
@@ -240,12 +263,14 @@ def backbone_every_step(
     k, size = model.config.num_classes, image.shape[-1]
     scheduler = MaskScheduler(model.schedule, kind=settings.sampler)
     scheduler.set_timesteps(settings.steps)
+    layout = torch.channels_last if perf.channels_last else torch.contiguous_format
     kept, logsnr = [], []
     with torch.inference_mode():
         x_t = torch.randn((e * b, k, size, size), generator=generator).to(image.device)
         for i, t in enumerate(scheduler.timesteps[:limit]):
             cond = model.encode_image(image)  # the step that this design hoists out of the loop
-            cond = cond.repeat(e, *([1] * (cond.dim() - 1)))  # (E*B, width, h, w)
+            cond = cond.repeat(e, *([1] * (cond.dim() - 1))).contiguous(memory_format=layout)  # (E*B, width, h, w)
+            x_t = x_t.contiguous(memory_format=layout)
             t_batch = torch.full((e * b,), float(t), device=image.device)
             logits = model.denoise(x_t, t_batch, cond).float()  # (E*B, K, H, W)
             if consensus:
@@ -271,16 +296,18 @@ class Plan:
     volume_batch: int
 
 
-def bench_size(model, origin: str, raw: np.ndarray, kind: str, plan: Plan, device: torch.device) -> dict:
+def bench_size(model, origin: str, raw: np.ndarray, kind: str, plan: Plan, perf: Perf, device: torch.device) -> dict:
     """Everything measured at one image size, batch 1."""
     config = model.config
     settings = SamplingSettings.defaults_for(config)
     image = model_grid(model, raw, kind, device)  # (1, C, size, size)
     out: dict = {"weights": origin, "parameters": model.parameter_counts()["total"]}
+    layout = torch.channels_last if perf.channels_last else torch.contiguous_format
 
     with torch.inference_mode():
-        cond = model.encode_image(image)
+        cond = model.encode_image(image).contiguous(memory_format=layout)
         x_t = torch.randn((1, config.num_classes, config.image_size, config.image_size)).to(device)
+        x_t = x_t.contiguous(memory_format=layout)
         t = torch.full((1,), 0.5, device=device)
         backbone = measure(lambda: model.encode_image(image), device=device, warmup=plan.warmup, repeats=plan.repeats)
         denoiser = measure(lambda: model.denoise(x_t, t, cond), device=device, warmup=plan.warmup, repeats=plan.repeats)
@@ -289,19 +316,22 @@ def bench_size(model, origin: str, raw: np.ndarray, kind: str, plan: Plan, devic
     out["backbone_samples_s"], out["denoiser_samples_s"] = backbone, denoiser
 
     def default_run() -> None:
-        segment_image(model, raw, settings, kind=kind, keep_trajectory=False)
+        segment_image(model, raw, settings, kind=kind, keep_trajectory=False, **perf.pipeline_kwargs())
 
     with PeakMemory(device) as mem:
         default = measure(default_run, device=device, warmup=plan.warmup, repeats=plan.runs)
     out["default"] = _stats(default) | {"settings": asdict(settings)}
     out["memory_default"] = mem.result
 
-    labels = ours(model, image, settings)
-    same = backbone_every_step(model, image, settings)
+    labels = ours(model, image, settings, perf)
+    same = backbone_every_step(model, image, settings, perf)
     out["every_step_same_labels"] = bool(torch.equal(labels, same))  # equal work: the same masks
-    core = measure(lambda: ours(model, image, settings), device=device, warmup=plan.warmup, repeats=plan.runs)
+    core = measure(lambda: ours(model, image, settings, perf), device=device, warmup=plan.warmup, repeats=plan.runs)
     every = measure(
-        lambda: backbone_every_step(model, image, settings), device=device, warmup=plan.warmup, repeats=plan.runs
+        lambda: backbone_every_step(model, image, settings, perf),
+        device=device,
+        warmup=plan.warmup,
+        repeats=plan.runs,
     )
     out["core"] = _stats(core)
     out["every_step"] = _stats(every)
@@ -310,7 +340,7 @@ def bench_size(model, origin: str, raw: np.ndarray, kind: str, plan: Plan, devic
     ddpm = replace(settings, sampler="ddpm", steps=DDPM_STEPS, ensemble=1)
     n = plan.ddpm_steps
     part = measure(
-        lambda: backbone_every_step(model, image, ddpm, limit=n, consensus=False),
+        lambda: backbone_every_step(model, image, ddpm, perf, limit=n, consensus=False),
         device=device,
         warmup=0,  # the same shapes as every_step, already warm
         repeats=max(1, plan.runs - 1),
@@ -327,7 +357,7 @@ def bench_size(model, origin: str, raw: np.ndarray, kind: str, plan: Plan, devic
     return out
 
 
-def bench_ensemble(model, raw: np.ndarray, kind: str, plan: Plan, device: torch.device) -> dict:
+def bench_ensemble(model, raw: np.ndarray, kind: str, plan: Plan, perf: Perf, device: torch.device) -> dict:
     """E members sampled as one batch sharing one `cond`, vs E separate single-member runs."""
     base = SamplingSettings.defaults_for(model.config)
     out: dict = {}
@@ -335,7 +365,9 @@ def bench_ensemble(model, raw: np.ndarray, kind: str, plan: Plan, device: torch.
         settings = replace(base, ensemble=e)
         with PeakMemory(device) as mem:
             times = measure(
-                lambda s=settings: segment_image(model, raw, s, kind=kind, keep_trajectory=False),
+                lambda s=settings: segment_image(
+                    model, raw, s, kind=kind, keep_trajectory=False, **perf.pipeline_kwargs()
+                ),
                 device=device,
                 warmup=plan.warmup,
                 repeats=plan.runs,
@@ -350,12 +382,13 @@ def bench_ensemble(model, raw: np.ndarray, kind: str, plan: Plan, device: torch.
     return out
 
 
-def bench_volume(model, plan: Plan, device: torch.device) -> dict:
+def bench_volume(model, plan: Plan, perf: Perf, device: torch.device) -> dict:
     """Slices per second through the command line's path (load_case + segment_volume, batched)."""
     volume, kind, source = example_volume(model.config, plan.volume_slices)
     settings = SamplingSettings.defaults_for(model.config)
     warm = volume[..., volume.shape[-1] // 2 - plan.volume_batch // 2 :][..., : plan.volume_batch]
-    segment_volume(model, warm, settings, kind=kind, batch_size=plan.volume_batch)  # warm-up: one batch
+    kwargs = perf.pipeline_kwargs()
+    segment_volume(model, warm, settings, kind=kind, batch_size=plan.volume_batch, **kwargs)  # warm-up: one batch
     bg = io.background_value(model.config)
     active = sum(
         bool((np.abs(io.normalise(volume[..., z], model.config, kind=kind) - bg) > 1e-6).any())
@@ -364,7 +397,7 @@ def bench_volume(model, plan: Plan, device: torch.device) -> dict:
     with PeakMemory(device) as mem:
         _sync(device)
         start = time.perf_counter()
-        segment_volume(model, volume, settings, kind=kind, batch_size=plan.volume_batch)
+        segment_volume(model, volume, settings, kind=kind, batch_size=plan.volume_batch, **kwargs)
         _sync(device)
         seconds = time.perf_counter() - start
     z = volume.shape[-1]
@@ -408,7 +441,8 @@ def machine(device: torch.device) -> dict:
 def print_table(result: dict) -> None:
     m = result["machine"]
     where = m.get("gpu") or m["cpu"]
-    print(f"\nMedCondDiff benchmark on {m['device']} ({where}), torch {m['torch']}, {m['threads']} threads")
+    perf = ", ".join(f"{k}={v}" for k, v in result["perf"].items())
+    print(f"\nMedCondDiff benchmark on {m['device']} ({where}), torch {m['torch']}, {m['threads']} threads; {perf}")
     print(f"input slice: {result['inputs']['slice']}")
     head = (
         f"{'size':>5} {'weights':>8} {'backbone':>10} {'denoiser':>10} {'default':>9} {'core':>8} "
@@ -468,6 +502,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--volume-batch", type=int, default=8, help="slices per batch (the command line's default is 8)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument(
+        "--channels-last", choices=["auto", "on", "off"], default="auto", help="layout (auto: the pipeline's choice)"
+    )
     return ap.parse_args(argv)
 
 
@@ -493,7 +530,14 @@ def run(args: argparse.Namespace) -> dict:
 
         weights = load_model(args.weights, device=device)
     headline = HEADLINE_SIZE if HEADLINE_SIZE in sizes else max(sizes)
-    result: dict = {"machine": machine(device), "plan": asdict(plan), "quick": args.quick, "notes": []}
+    perf = Perf(channels_last=use_channels_last(device, {"auto": None, "on": True, "off": False}[args.channels_last]))
+    result: dict = {
+        "machine": machine(device),
+        "plan": asdict(plan),
+        "perf": asdict(perf),
+        "quick": args.quick,
+        "notes": [],
+    }
     if headline != HEADLINE_SIZE:
         result["notes"].append(
             f"{HEADLINE_SIZE} px not in --sizes: the headline keys (default_seconds_256, ratios) are measured at {headline} px"
@@ -507,10 +551,10 @@ def run(args: argparse.Namespace) -> dict:
         if model.config.image_channels != raw.shape[0]:
             slice_raw, slice_kind, _ = example_slice(model.config.image_channels)
         print(f"size {size} ({origin} weights) ...", file=sys.stderr, flush=True)
-        result["sizes"][str(size)] = bench_size(model, origin, slice_raw, slice_kind, plan, device)
+        result["sizes"][str(size)] = bench_size(model, origin, slice_raw, slice_kind, plan, perf, device)
         if size == headline:
             print(f"ensembles at {size} ...", file=sys.stderr, flush=True)
-            result["ensemble"] = bench_ensemble(model, slice_raw, slice_kind, plan, device)
+            result["ensemble"] = bench_ensemble(model, slice_raw, slice_kind, plan, perf, device)
         del model
     if plan.volume_slices > 0:
         vsize = args.volume_size or (
@@ -518,7 +562,7 @@ def run(args: argparse.Namespace) -> dict:
         )
         model, origin = build_model(vsize, weights, device)
         print(f"volume at {vsize} ({origin} weights) ...", file=sys.stderr, flush=True)
-        result["volume"] = bench_volume(model, plan, device) | {"weights": origin}
+        result["volume"] = bench_volume(model, plan, perf, device) | {"weights": origin}
     top = result["sizes"][str(headline)]
     result["headline_size"] = headline
     result["default_seconds_256"] = top["default"]["median"]

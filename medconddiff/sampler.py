@@ -91,12 +91,14 @@ def sample_loop(
     sampler: str = "ddim",
     generator: torch.Generator | None = None,
     keep_x_t: bool = True,
+    channels_last: bool = False,
 ) -> Iterator[StepRecord]:
     """Run S denoising steps for B images x E members in one batch, yielding a record per step.
 
     cond (B, width, h, w) comes from `model.encode_image` and is shared by all members; the
     starting noise and any ancestral noise come from `generator` (on the CPU, so a seed gives the
-    same masks on every device).
+    same masks on every device). `channels_last` runs the denoiser on (N, H, W, K)-strided tensors:
+    the same values, laid out for faster oneDNN convolutions on the CPU.
     """
     if not 1 <= int(ensemble) <= MAX_ENSEMBLE:
         raise SettingsError(f"ensemble must be between 1 and {MAX_ENSEMBLE}, got {ensemble}")
@@ -105,9 +107,12 @@ def sample_loop(
     h, w = cond.shape[-2] * 4, cond.shape[-1] * 4
     scheduler = MaskScheduler(model.schedule, kind=sampler)
     scheduler.set_timesteps(steps)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     cond_e = cond.repeat(ensemble, *([1] * (cond.dim() - 1)))  # (E*B, width, h, w), member-major
+    cond_e = cond_e.contiguous(memory_format=layout)
     x_t = torch.randn((ensemble * b, k, h, w), generator=generator).to(cond.device, cond.dtype)
     for i, t in enumerate(scheduler.timesteps):
+        x_t = x_t.contiguous(memory_format=layout)  # a no-op unless the update changed the layout
         t_batch = torch.full((ensemble * b,), float(t), device=cond.device)
         logits = model.denoise(x_t, t_batch, cond_e).float()  # (E*B, K, H, W)
         x0_hat = probs_to_x0(logits.softmax(dim=1))

@@ -1,0 +1,53 @@
+"""The speed options keep fp32 results the same: masks identical, logits equal up to float rounding.
+
+fp32 convolutions already differ by ~1e-6 between thread counts (oneDNN sums in another order),
+so "the same" means: identical label maps, and logits within 1e-4 of the contiguous-layout run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medconddiff.pipeline import SamplingSettings, segment_image, use_channels_last
+from medconddiff.sampler import sample_loop
+
+
+def _slice(seed: int = 0) -> np.ndarray:
+    img = np.zeros((2, 90, 70), np.float32)
+    img[:, 10:80, 8:60] = np.random.default_rng(seed).normal(0, 1, (2, 70, 52)) + 0.1
+    return img
+
+
+def _logits(model, cond, **kwargs) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(3)
+    with torch.inference_mode():
+        recs = list(sample_loop(model, cond, steps=4, ensemble=2, generator=gen, **kwargs))
+    return torch.stack([r.logits for r in recs])  # (S, E, B, K, H, W)
+
+
+def test_channels_last_denoiser_matches_contiguous(tiny_model):
+    image = torch.from_numpy(np.stack([_slice(0)[:, :64, :64], _slice(1)[:, :64, :64]]))
+    with torch.inference_mode():
+        cond = tiny_model.encode_image(image)
+    for sampler in ("ddim", "ddpm"):
+        ref = _logits(tiny_model, cond, sampler=sampler)
+        new = _logits(tiny_model, cond, sampler=sampler, channels_last=True)
+        assert new.shape == ref.shape == (4, 2, 2, 5, 64, 64)
+        torch.testing.assert_close(new, ref, rtol=1e-4, atol=1e-4)
+        assert torch.equal(new.argmax(dim=-3), ref.argmax(dim=-3))
+
+
+def test_pipeline_layouts_give_the_same_masks(tiny_model):
+    settings = SamplingSettings(steps=3, ensemble=2)
+    a = segment_image(tiny_model, _slice(), settings, kind="nifti", channels_last=False)
+    b = segment_image(tiny_model, _slice(), settings, kind="nifti", channels_last=True)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
+    assert all(p.is_contiguous() for p in tiny_model.parameters())  # the weights are never re-laid out
+
+
+def test_auto_layout_is_channels_last_on_cpu_only():
+    assert use_channels_last(torch.device("cpu")) is True
+    assert use_channels_last(torch.device("cuda")) is False
+    assert use_channels_last(torch.device("cpu"), False) is False
