@@ -7,8 +7,8 @@ through `medconddiff.pipeline`, weights through `medconddiff.hub`, pictures thro
 `medconddiff.viz`, scores through `medconddiff.metrics`. Every user-fixable problem is a
 `MedCondDiffError` from the library and is shown as a `gr.Error` with the library's message.
 
-API: `api_name="segment"` takes (files, model, steps, ensemble, consensus, seed) and returns
-(mask PNG of class indices, summary dict); see `segment_api`.
+API: `api_name="segment"` takes (files, model, steps, ensemble, consensus, seed[, slice]) and
+returns (mask PNG of class indices, summary dict); see `segment_api`.
 """
 
 from __future__ import annotations
@@ -634,7 +634,7 @@ def show_step(run, step):
 
 def refuse(run, consensus: str, opacity: float, uncertainty: str):
     """Another consensus function: fuse the stored trajectory again (no re-sampling)."""
-    if not isinstance(run, Run) or run.result.consensus == consensus:  # Gradio 6 may fire .input twice per pick
+    if not isinstance(run, Run) or run.result.consensus == consensus:
         return (*(gr.skip(),) * 7, consensus)
     with user_errors():
         run.result = run.result.refuse(consensus)
@@ -678,13 +678,14 @@ def run_volume(
 
 
 @gpu
-def segment_api(files, model: str, steps: int, ensemble: int, consensus: str, seed: int):
-    """API: segment a 2D image (one file per modality) or the middle slice of NIfTI volume(s).
+def segment_api(files, model: str, steps: int, ensemble: int, consensus: str, seed: int, slice_index: int = -1):
+    """API: segment a 2D image (one file per modality) or one slice of NIfTI volume(s) (-1: the middle one).
 
     Returns (mask, summary): `mask` a PNG whose pixel values are class indices on the input's grid
     (for NIfTI, the array slice: rows follow the first voxel axis); `summary` a dict with "shape"
     [H, W], "classes" (names), "areas" (pixels per class), "slice" and the settings used.
     model "" is the default weights; steps or ensemble 0 and consensus "" the model's defaults.
+    `slice_index` is optional (gradio_client fills in -1 when it is left out).
     """
     started = time.perf_counter()
     spec = (model or "").strip()
@@ -692,7 +693,7 @@ def segment_api(files, model: str, steps: int, ensemble: int, consensus: str, se
         mdl = get_model(spec)
         config = mdl.config
         settings = _settings(config, steps, "", ensemble, consensus, seed)
-        case = read_case(files, spec, [], -1, None)
+        case = read_case(files, spec, [], slice_index, None)
         result = None
         for item in iter_segment_slices(mdl, [case.raw], settings, kind=case.scan.kind):
             result = item  # the last item is the list of results
@@ -930,6 +931,7 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
         api_ensemble = gr.Number(0, precision=0)
         api_consensus = gr.Textbox("")
         api_seed = gr.Number(0, precision=0)
+        api_slice = gr.Number(-1, precision=0)
         api_mask = gr.File()
         api_summary = gr.JSON()
         api_btn = gr.Button()
@@ -942,16 +944,19 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
     view_in = [*files_in, slice_slider, *pickers]
     settings_in = [steps, sampler, ensemble, consensus, seed]
 
-    demo.load(on_model, model_in, model_out, **ui)
-    for event in (model_dd.input, model_box.submit, load_btn.click):
-        event(on_model, model_in, model_out, **ui).then(on_files, files_in, files_out, **ui)
-    files.upload(on_files, files_in, files_out, **ui)
-    files.clear(on_files, files_in, files_out, **ui)
+    demo.load(on_model, model_in, model_out, show_progress_on=[model_info], **ui)
+    # dropdowns use .select: Gradio 6.31 fires a dropdown's .input twice per pick, .select once
+    for event in (model_dd.select, model_box.submit, load_btn.click):
+        event(on_model, model_in, model_out, show_progress_on=[model_info], **ui).then(
+            on_files, files_in, files_out, show_progress_on=[preview], **ui
+        )
+    files.upload(on_files, files_in, files_out, show_progress_on=[preview], **ui)
+    files.clear(on_files, files_in, files_out, show_progress_on=[preview], **ui)
     gallery.select(select_example, None, [files, truth_file, model_dd, model_box], **ui).then(
-        on_model, model_in, model_out, **ui
-    ).then(on_files, files_in, files_out, **ui)
+        on_model, model_in, model_out, show_progress_on=[model_info], **ui
+    ).then(on_files, files_in, files_out, show_progress_on=[preview], **ui)
     slice_slider.input(on_view, view_in, [preview, input_info], trigger_mode="always_last", **ui)
-    for event in (truth_file.upload, truth_file.clear, ct_window.input, *(p.input for p in pickers)):
+    for event in (truth_file.upload, truth_file.clear, ct_window.select, *(p.select for p in pickers)):
         event(on_view, view_in, [preview, input_info], **ui)
 
     run_btn.click(
@@ -983,8 +988,8 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
         **ui,
     )
     refuse_out = [run_state, consensus_image, uncertainty_image, legend, dice_table, exports, refuse_note]
-    consensus.input(refuse, [run_state, consensus, opacity, uncertainty], [*refuse_out, consensus2], **ui)
-    consensus2.input(refuse, [run_state, consensus2, opacity, uncertainty], [*refuse_out, consensus], **ui)
+    consensus.select(refuse, [run_state, consensus, opacity, uncertainty], [*refuse_out, consensus2], **ui)
+    consensus2.select(refuse, [run_state, consensus2, opacity, uncertainty], [*refuse_out, consensus], **ui)
     for event, mode in ((opacity.input, "always_last"), (uncertainty.input, None)):
         event(redraw, [run_state, opacity, uncertainty], [consensus_image, uncertainty_image], trigger_mode=mode, **ui)
     volume_btn.click(
@@ -997,7 +1002,7 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
     )
     api_btn.click(
         segment_api,
-        [api_files, api_model, api_steps, api_ensemble, api_consensus, api_seed],
+        [api_files, api_model, api_steps, api_ensemble, api_consensus, api_seed, api_slice],
         [api_mask, api_summary],
         api_name="segment",
         concurrency_id="sampling",

@@ -305,6 +305,8 @@ def test_bad_settings_and_truth_give_clear_errors_and_the_app_keeps_serving(app,
         app.on_files([str(f) for f in BRATS_PNG], brats, "", str(EXAMPLES / "ct_z088_seg.png"), None)
     with pytest.raises(gr.Error, match="no input file"):
         app.segment_api([], "", STEPS, 1, "", 0)
+    with pytest.raises(gr.Error, match="outside the volume"):
+        app.segment_api([str(f) for f in SLAB], "", STEPS, 1, "", 0, 6)
     mask, summary = app.segment_api([str(f) for f in BRATS_PNG], "", STEPS, 1, "", 0)  # still serving
     assert summary["shape"] == [240, 240]
 
@@ -383,7 +385,9 @@ def test_api_segment_with_gradio_client(app, server, tmp_path):
     assert time.perf_counter() - started < 60
 
     _, vol = client.predict([handle_file(str(p)) for p in SLAB], "", STEPS, 1, "", 0, api_name="/segment")
-    assert vol["shape"] == [240, 240] and vol["slice"] == 3
+    assert vol["shape"] == [240, 240] and vol["slice"] == 3  # the middle slice
+    _, vol = client.predict([handle_file(str(p)) for p in SLAB], "", STEPS, 1, "", 0, 5, api_name="/segment")
+    assert vol["slice"] == 5
 
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"\x1f\x8b not really gzip")
