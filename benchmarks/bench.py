@@ -33,6 +33,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -43,15 +44,18 @@ REPO = Path(__file__).resolve().parent.parent
 if importlib.util.find_spec("medconddiff") is None:  # run as `python benchmarks/bench.py` from a checkout
     sys.path.insert(0, str(REPO))
 
-from medconddiff import io  # noqa: E402
+from medconddiff import io, metrics  # noqa: E402
 from medconddiff.config import MedCondDiffConfig  # noqa: E402
 from medconddiff.consensus import fuse  # noqa: E402
 from medconddiff.diffusion import probs_to_x0  # noqa: E402
 from medconddiff.model import MedCondDiff  # noqa: E402
 from medconddiff.pipeline import (  # noqa: E402
     SamplingSettings,
+    autocast_dtype,
+    encode,
     load_case,
     segment_image,
+    segment_slices,
     segment_volume,
     use_channels_last,
 )
@@ -63,6 +67,8 @@ EXAMPLE_SLICE = [
 ]
 VOLUME_CASE = REPO.parent / "shared/data/brats2015/validation/brats_2013_pat0003_1"
 VOLUME_FILES = ["Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"]
+EXAMPLE_SLICES = ["brats_pat0003_z080", "brats_pat0003_z088", "brats_pat0004_z096"]  # + _flair.png, _t1c.png
+VALIDATION_CASES = REPO.parent / "shared/data/brats2015/validation"
 EXAMPLE_SLAB = [
     REPO / "assets/examples/brats_pat0004_slab_flair.nii.gz",
     REPO / "assets/examples/brats_pat0004_slab_t1c.nii.gz",
@@ -215,16 +221,21 @@ class Perf:
     """The speed options under test, applied alike to every structure compared."""
 
     channels_last: bool
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
 
     def pipeline_kwargs(self) -> dict:
-        return {"channels_last": self.channels_last}
+        return {"channels_last": self.channels_last, "precision": self.precision}
+
+    def autocast(self, device: torch.device):
+        dtype = autocast_dtype(self.precision)
+        return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def ours(model, image: torch.Tensor, settings: SamplingSettings, perf: Perf) -> torch.Tensor:
     """This design: backbone once, then `sample_loop`, then the consensus. (B, C, H, W) -> (B, H, W) labels."""
     generator = torch.Generator().manual_seed(settings.seed)
     with torch.inference_mode():
-        cond = model.encode_image(image)
+        cond = encode(model, image, precision=perf.precision)
         records = list(
             sample_loop(
                 model,
@@ -235,6 +246,7 @@ def ours(model, image: torch.Tensor, settings: SamplingSettings, perf: Perf) -> 
                 generator=generator,
                 keep_x_t=False,
                 channels_last=perf.channels_last,
+                autocast_dtype=autocast_dtype(perf.precision),
             )
         )
         logits = torch.stack([r.logits for r in records])  # (S, E, B, K, H, W)
@@ -268,11 +280,13 @@ def backbone_every_step(
     with torch.inference_mode():
         x_t = torch.randn((e * b, k, size, size), generator=generator).to(image.device)
         for i, t in enumerate(scheduler.timesteps[:limit]):
-            cond = model.encode_image(image)  # the step that this design hoists out of the loop
+            cond = encode(model, image, precision=perf.precision)  # the step this design hoists out of the loop
             cond = cond.repeat(e, *([1] * (cond.dim() - 1))).contiguous(memory_format=layout)  # (E*B, width, h, w)
             x_t = x_t.contiguous(memory_format=layout)
             t_batch = torch.full((e * b,), float(t), device=image.device)
-            logits = model.denoise(x_t, t_batch, cond).float()  # (E*B, K, H, W)
+            with perf.autocast(image.device):
+                logits = model.denoise(x_t, t_batch, cond)
+            logits = logits.float()  # (E*B, K, H, W)
             if consensus:
                 kept.append(logits.reshape(e, b, k, size, size).cpu())
                 logsnr.append(float(model.schedule.logsnr(t.reshape(1))))
@@ -305,12 +319,22 @@ def bench_size(model, origin: str, raw: np.ndarray, kind: str, plan: Plan, perf:
     layout = torch.channels_last if perf.channels_last else torch.contiguous_format
 
     with torch.inference_mode():
-        cond = model.encode_image(image).contiguous(memory_format=layout)
+        cond = encode(model, image, precision=perf.precision).contiguous(memory_format=layout)
         x_t = torch.randn((1, config.num_classes, config.image_size, config.image_size)).to(device)
         x_t = x_t.contiguous(memory_format=layout)
         t = torch.full((1,), 0.5, device=device)
-        backbone = measure(lambda: model.encode_image(image), device=device, warmup=plan.warmup, repeats=plan.repeats)
-        denoiser = measure(lambda: model.denoise(x_t, t, cond), device=device, warmup=plan.warmup, repeats=plan.repeats)
+        backbone = measure(
+            lambda: encode(model, image, precision=perf.precision),
+            device=device,
+            warmup=plan.warmup,
+            repeats=plan.repeats,
+        )
+
+        def denoise() -> None:
+            with perf.autocast(device):
+                model.denoise(x_t, t, cond)
+
+        denoiser = measure(denoise, device=device, warmup=plan.warmup, repeats=plan.repeats)
     out["backbone_ms"] = 1e3 * statistics.median(backbone)
     out["denoiser_ms_per_step"] = 1e3 * statistics.median(denoiser)
     out["backbone_samples_s"], out["denoiser_samples_s"] = backbone, denoiser
@@ -415,6 +439,77 @@ def bench_volume(model, plan: Plan, perf: Perf, device: torch.device) -> dict:
     }
 
 
+def real_slices(config: MedCondDiffConfig, per_volume: int) -> list[tuple[np.ndarray, str, str]]:
+    """Real (C, H, W) slices as read from disk, with their kind and name, for the precision check:
+    the example PNG slices, and `per_volume` evenly spaced brain slices of each validation volume."""
+    out = []
+    for name in EXAMPLE_SLICES:
+        files = [REPO / "assets/examples" / f"{name}_{m}.png" for m in ("flair", "t1c")]
+        if config.image_channels == 2 and all(f.is_file() for f in files):
+            out.append((io.read_scan(files).data, "image", name))
+    cases = sorted(VALIDATION_CASES.glob("*")) if VALIDATION_CASES.is_dir() else []
+    for case in cases:
+        files = [case / f for f in VOLUME_FILES]
+        if per_volume < 1 or config.image_channels != 2 or not all(f.is_file() for f in files):
+            continue
+        vol = load_case(files, config).data
+        brain = [z for z in range(vol.shape[-1]) if (vol[..., z] != 0).mean() > 0.05]
+        for z in np.linspace(brain[0], brain[-1], per_volume).round().astype(int) if brain else []:
+            out.append((vol[..., z], "nifti", f"{case.name} z={z}"))
+    return out
+
+
+def mask_agreement(ref: list[np.ndarray], new: list[np.ndarray], num_classes: int) -> dict:
+    """Dice between two sets of label maps, per class pooled over all slices (classes present in either)."""
+    a, b = np.concatenate([r.ravel() for r in ref]), np.concatenate([n.ravel() for n in new])
+    per_class = {
+        str(c): metrics.dice(a == c, b == c) for c in range(1, num_classes) if (a == c).any() or (b == c).any()
+    }
+    return {
+        "dice_per_class": per_class,
+        "dice_min": min(per_class.values()) if per_class else 1.0,
+        "dice_foreground": metrics.dice(a > 0, b > 0),
+        "pixels_equal": float((a == b).mean()),
+    }
+
+
+def precision_check(model, origin: str, perf: Perf, plan: Plan, per_volume: int, device: torch.device) -> dict:
+    """fp32 vs reduced-precision masks through the pipeline on real slices: Dice, and the speed ratio."""
+    fp32 = replace(perf, precision="fp32")
+    settings = SamplingSettings.defaults_for(model.config)
+    slices = real_slices(model.config, per_volume)
+    if not slices:
+        return {"skipped": "no real slices found (assets/examples, ../shared/data)"}
+    ref, new = [], []
+    for kind in ("image", "nifti"):
+        group = [raw for raw, k, _ in slices if k == kind]
+        for start in range(0, len(group), plan.volume_batch):
+            chunk = group[start : start + plan.volume_batch]
+            ref += [r.labels for r in segment_slices(model, chunk, settings, kind=kind, **fp32.pipeline_kwargs())]
+            new += [r.labels for r in segment_slices(model, chunk, settings, kind=kind, **perf.pipeline_kwargs())]
+    raw, kind, _ = slices[0]
+    times = {}
+    for p in (fp32, perf):
+        times[p.precision] = measure(
+            lambda p=p: segment_image(model, raw, settings, kind=kind, keep_trajectory=False, **p.pipeline_kwargs()),
+            device=device,
+            warmup=plan.warmup,
+            repeats=plan.runs,
+        )
+    out = {
+        "precision": perf.precision,
+        "device": device.type,
+        "weights": origin,
+        "size": model.config.image_size,
+        "slices": len(slices),
+        "slice_names": [name for _, _, name in slices],
+        "fp32_seconds": statistics.median(times["fp32"]),
+        "amp_seconds": statistics.median(times[perf.precision]),
+    }
+    out["speedup"] = out["fp32_seconds"] / out["amp_seconds"]
+    return out | mask_agreement(ref, new, model.config.num_classes)
+
+
 def machine(device: torch.device) -> dict:
     info = {
         "device": device.type,
@@ -480,6 +575,17 @@ def print_table(result: dict) -> None:
             f"{vol['batch_size']}: {vol['seconds']:.1f} s, {vol['slices_per_second']:.2f} slices/s; "
             f"155 slices: {vol['seconds_for_155_slices']:.1f} s{extra}; {memory_summary(vol['memory'])}"
         )
+    pc = result.get("precision_check")
+    if pc and "skipped" not in pc:
+        label = "CPU bf16 stand-in" if pc["device"] == "cpu" else pc["device"]
+        print(
+            f"\n{pc['precision']} vs fp32 ({label}, {pc['weights']} weights, {pc['size']} px, {pc['slices']} real "
+            f"slices): mask Dice min over classes {pc['dice_min']:.4f}, foreground {pc['dice_foreground']:.4f}, "
+            f"pixels equal {pc['pixels_equal']:.4f}; speed x{pc['speedup']:.2f} "
+            f"({pc['fp32_seconds']:.3f} s -> {pc['amp_seconds']:.3f} s per slice)"
+        )
+    elif pc:
+        print(f"\nprecision check skipped: {pc['skipped']}")
     print(f"\nheadline ({result['headline_size']} px):")
     for key in ("default_seconds_256", "ratio_vs_backbone_every_step", "ratio_vs_ddpm1000", "ratio_ensemble4_vs_1"):
         print(f"  {key:<30} {result[key]:.3f}")
@@ -504,6 +610,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument(
         "--channels-last", choices=["auto", "on", "off"], default="auto", help="layout (auto: the pipeline's choice)"
+    )
+    ap.add_argument(
+        "--amp",
+        choices=["bf16", "fp16"],
+        default=None,
+        help="run everything under autocast at this precision, and check its masks against fp32 (Dice)",
+    )
+    ap.add_argument(
+        "--dice-slices", type=int, default=None, help="slices per validation volume for the --amp check (default 16)"
     )
     return ap.parse_args(argv)
 
@@ -530,7 +645,8 @@ def run(args: argparse.Namespace) -> dict:
 
         weights = load_model(args.weights, device=device)
     headline = HEADLINE_SIZE if HEADLINE_SIZE in sizes else max(sizes)
-    perf = Perf(channels_last=use_channels_last(device, {"auto": None, "on": True, "off": False}[args.channels_last]))
+    layout = {"auto": None, "on": True, "off": False}[args.channels_last]
+    perf = Perf(channels_last=use_channels_last(device, layout), precision=args.amp or "fp32")
     result: dict = {
         "machine": machine(device),
         "plan": asdict(plan),
@@ -563,6 +679,14 @@ def run(args: argparse.Namespace) -> dict:
         model, origin = build_model(vsize, weights, device)
         print(f"volume at {vsize} ({origin} weights) ...", file=sys.stderr, flush=True)
         result["volume"] = bench_volume(model, plan, perf, device) | {"weights": origin}
+    if args.amp:
+        psize = weights.config.image_size if weights is not None else min(sizes) if args.quick else 128
+        model, origin = build_model(psize, weights, device)
+        print(f"{args.amp} vs fp32 masks at {psize} ({origin} weights) ...", file=sys.stderr, flush=True)
+        per_volume = args.dice_slices if args.dice_slices is not None else (1 if args.quick else 16)
+        result["precision_check"] = precision_check(model, origin, perf, plan, per_volume, device)
+        if origin == "random":
+            result["notes"].append("the precision check ran on random weights: its Dice says little; pass --weights")
     top = result["sizes"][str(headline)]
     result["headline_size"] = headline
     result["default_seconds_256"] = top["default"]["median"]

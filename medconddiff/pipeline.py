@@ -91,6 +91,34 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """Precision name -> autocast dtype: fp32 -> None (no autocast), bf16, fp16.
+
+    Reduced precision is opt-in: check its masks against fp32 on your data first
+    (`python benchmarks/bench.py --amp bf16` reports the Dice between the two).
+    """
+    if precision not in PRECISIONS:
+        raise SettingsError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def encode(model, batch: torch.Tensor, *, precision: str = "fp32") -> torch.Tensor:
+    """(B, C, size, size) model-grid images -> cond (B, width, size/4, size/4), float32.
+
+    The once-per-image part: the backbone and semantic decoder, under autocast when `precision`
+    asks for it; `cond` comes back in float32 so the sampling state stays float32.
+    """
+    dtype = autocast_dtype(precision)
+    if dtype is None:
+        return model.encode_image(batch)
+    with torch.autocast(batch.device.type, dtype=dtype):
+        cond = model.encode_image(batch)
+    return cond.float()
+
+
 def use_channels_last(device: torch.device, channels_last: bool | None = None) -> bool:
     """The denoiser's memory layout: None (auto) means channels-last on the CPU, contiguous on CUDA.
 
@@ -148,6 +176,7 @@ def iter_segment_slices(
     generator: torch.Generator | None = None,
     keep_trajectory: bool = False,
     channels_last: bool | None = None,
+    precision: str = "fp32",
 ) -> Iterator[StepRecord | list[Result]]:
     """Segment raw slices [(C, H, W), ...] (as read; `kind` "nifti" or "image") as one batch.
 
@@ -155,10 +184,12 @@ def iter_segment_slices(
     slice and a training slice). Yields a `StepRecord` after each sampling step (for progress and
     streaming), then the list of `Result`s, one per slice. Pure-background slices skip the model.
     `channels_last`: None picks the faster layout for the device (`use_channels_last`).
+    `precision`: "fp32" (default), or "bf16" / "fp16" autocast for the network (opt-in).
     """
     config = model.config
     device = next(model.parameters()).device
     channels_last = use_channels_last(device, channels_last)
+    dtype = autocast_dtype(precision)
     bg = io.background_value(config)
     slices = [io.normalise(s, config, kind=kind, ct_window=ct_window) for s in slices]
     geoms = [io.plan_geometry(s, config) for s in slices]
@@ -169,7 +200,8 @@ def iter_segment_slices(
     if active:
         batch = torch.stack([io.to_model_grid(slices[i], geoms[i], background=bg) for i in active]).to(device)
         with torch.inference_mode():
-            cond = model.encode_image(batch)  # (B, width, size/4, size/4): once for all steps and members
+            # (B, width, size/4, size/4): computed once, shared by every step and member
+            cond = encode(model, batch, precision=precision)
             records = []
             for rec in sample_loop(
                 model,
@@ -180,6 +212,7 @@ def iter_segment_slices(
                 generator=generator,
                 keep_x_t=keep_trajectory,
                 channels_last=channels_last,
+                autocast_dtype=dtype,
             ):
                 rec = replace(rec, logits=rec.logits.cpu(), x_t=None if rec.x_t is None else rec.x_t.cpu())
                 records.append(rec)
@@ -229,6 +262,7 @@ def segment_volume(
     batch_size: int = 8,
     progress: bool | Callable[[int, int], None] = False,
     channels_last: bool | None = None,
+    precision: str = "fp32",
 ) -> VolumeResult:
     """Raw (C, X, Y, Z) volume -> labels on the same grid, slice by slice along Z, batched.
 
@@ -255,6 +289,7 @@ def segment_volume(
             ct_window=ct_window,
             generator=generator,
             channels_last=channels_last,
+            precision=precision,
         )
         for k, r in zip(idx, results, strict=True):
             labels[..., k], agreement[..., k], entropy[..., k] = r.labels, r.agreement, r.entropy

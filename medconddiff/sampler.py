@@ -9,6 +9,7 @@ where eps_hat = (x_t - alpha_t * x0_hat) / sigma_t and x0_hat = 2 * softmax(logi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -92,13 +93,16 @@ def sample_loop(
     generator: torch.Generator | None = None,
     keep_x_t: bool = True,
     channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
 ) -> Iterator[StepRecord]:
     """Run S denoising steps for B images x E members in one batch, yielding a record per step.
 
     cond (B, width, h, w) comes from `model.encode_image` and is shared by all members; the
     starting noise and any ancestral noise come from `generator` (on the CPU, so a seed gives the
     same masks on every device). `channels_last` runs the denoiser on (N, H, W, K)-strided tensors:
-    the same values, laid out for faster oneDNN convolutions on the CPU.
+    the same values, laid out for faster oneDNN convolutions on the CPU. `autocast_dtype`
+    (torch.bfloat16 / torch.float16) runs the denoiser under autocast; the logits, x_t and the
+    update stay float32.
     """
     if not 1 <= int(ensemble) <= MAX_ENSEMBLE:
         raise SettingsError(f"ensemble must be between 1 and {MAX_ENSEMBLE}, got {ensemble}")
@@ -114,7 +118,9 @@ def sample_loop(
     for i, t in enumerate(scheduler.timesteps):
         x_t = x_t.contiguous(memory_format=layout)  # a no-op unless the update changed the layout
         t_batch = torch.full((ensemble * b,), float(t), device=cond.device)
-        logits = model.denoise(x_t, t_batch, cond_e).float()  # (E*B, K, H, W)
+        with torch.autocast(cond.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
+            logits = model.denoise(x_t, t_batch, cond_e)
+        logits = logits.float()  # (E*B, K, H, W)
         x0_hat = probs_to_x0(logits.softmax(dim=1))
         yield StepRecord(
             index=i,

@@ -1,4 +1,5 @@
-"""The speed options keep fp32 results the same: masks identical, logits equal up to float rounding.
+"""The speed options keep fp32 results the same: masks identical, logits equal up to float rounding;
+reduced precision is opt-in and keeps the sampling state in float32.
 
 fp32 convolutions already differ by ~1e-6 between thread counts (oneDNN sums in another order),
 so "the same" means: identical label maps, and logits within 1e-4 of the contiguous-layout run.
@@ -7,9 +8,11 @@ so "the same" means: identical label maps, and logits within 1e-4 of the contigu
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from medconddiff.pipeline import SamplingSettings, segment_image, use_channels_last
+from medconddiff.errors import SettingsError
+from medconddiff.pipeline import SamplingSettings, encode, segment_image, use_channels_last
 from medconddiff.sampler import sample_loop
 
 
@@ -51,3 +54,27 @@ def test_auto_layout_is_channels_last_on_cpu_only():
     assert use_channels_last(torch.device("cpu")) is True
     assert use_channels_last(torch.device("cuda")) is False
     assert use_channels_last(torch.device("cpu"), False) is False
+
+
+def test_fp32_precision_is_the_plain_path(tiny_model):
+    image = torch.from_numpy(_slice()[None, :, :64, :64].copy())
+    with torch.inference_mode():
+        assert torch.equal(encode(tiny_model, image, precision="fp32"), tiny_model.encode_image(image))
+    settings = SamplingSettings(steps=2)
+    a = segment_image(tiny_model, _slice(), settings, kind="nifti")
+    b = segment_image(tiny_model, _slice(), settings, kind="nifti", precision="fp32")
+    np.testing.assert_array_equal(a.probs, b.probs)
+
+
+def test_bf16_autocast_runs_and_keeps_float32_outputs(tiny_model):
+    res = segment_image(tiny_model, _slice(), SamplingSettings(steps=2), kind="nifti", precision="bf16")
+    assert res.trajectory.logits.dtype == torch.float32 and torch.isfinite(res.trajectory.logits).all()
+    assert res.labels.shape == (90, 70)
+    with torch.inference_mode():
+        cond = encode(tiny_model, torch.zeros(1, 2, 64, 64), precision="bf16")
+    assert cond.dtype == torch.float32
+
+
+def test_unknown_precision_is_a_settings_error(tiny_model):
+    with pytest.raises(SettingsError, match="accepted: fp32, bf16, fp16"):
+        segment_image(tiny_model, _slice(), SamplingSettings(steps=1), kind="nifti", precision="int8")
