@@ -126,6 +126,11 @@ def build_slices(cases: list[Case], data: DataSettings, config: MedCondDiffConfi
             geom = io.plan_geometry(img, config)
             imgs.append(io.to_model_grid(img, geom, background=bg).half())
             labs.append(io.labels_to_model_grid(labels[..., k], geom).to(torch.uint8))
+    if not imgs:
+        size, c = config.image_size, config.image_channels
+        return SliceSet(
+            torch.zeros(0, c, size, size, dtype=torch.float16), torch.zeros(0, size, size, dtype=torch.uint8)
+        )
     return SliceSet(torch.stack(imgs), torch.stack(labs))
 
 

@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=None, help="slice cache folder (default: OUT/../cache)")
     ap.add_argument("--push-to-hub", metavar="REPO", help="publish the final weights to this Hub repo")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--stop-after", type=int, metavar="N", help="save a checkpoint and exit at step N (wall-time limits)"
+    )
     args = ap.parse_args(argv)
 
     run = load_run_config(args.config, args.set)
@@ -358,8 +361,15 @@ def main(argv: list[str] | None = None) -> int:
             log.info("step %d validation %s", step, json.dumps({a: round(b, 4) for a, b in v.items()}))
             if bar is not None:
                 bar.write(f"step {step}: validation foreground Dice {v.get('dice_fg_mean', float('nan')):.3f}")
-        if is_main and (step % s.ckpt_every == 0 or step == s.steps):
+        stopping = args.stop_after is not None and step >= args.stop_after
+        if is_main and (step % s.ckpt_every == 0 or step == s.steps or stopping):
             save_checkpoint(ckpt, model, ema, opt, step, gen)
+        if stopping:
+            if is_main:
+                log.info("stopped at step %d as asked; continue with --resume", step)
+            if world > 1:
+                dist.destroy_process_group()
+            return 0
     if bar is not None:
         bar.close()
     if world > 1:
