@@ -1,0 +1,635 @@
+"""Load test of the demo's public API: N concurrent gradio_client users on loopback, good and bad inputs mixed.
+
+    python benchmarks/load.py                         # the long run: 8 users for 180 s (documented figures)
+    python benchmarks/load.py --users 4 --duration 30 # the short run (what tests/test_load.py does in CI)
+    python benchmarks/load.py --json load.json        # also write the figures as JSON
+
+It starts `app.py` in a subprocess on 127.0.0.1 (a free port; nothing else is contacted), warms it
+up with one request of every kind, then lets N users send real example slices (and a share of bad
+inputs) for a bounded time. It reports and checks:
+
+- every good request answered with a valid mask (PNG of class indices at the input's size,
+  matching the summary), every bad one with its own error message (a gr.Error);
+- zero server errors: no unexpected error reached a client, no traceback other than the app's
+  gr.Error in the server log, the server still answers afterwards;
+- the queue bounds concurrent work: a probe wrapped around the library's sampling loop inside the
+  server counts how many samplings run at once, against the app's concurrency limit;
+- no leak: the server's resident memory (VmRSS) after the run within 20% of after warm-up, and
+  the request files left in its temporary folders;
+- the upload cap: a file one byte over the app's `max_file_size` is refused by the upload route.
+
+Weights: the bundled `brats-demo` when it is there, else a random-init model written to a temp
+folder (that checks robustness, not segmentation quality). The exit code is 0 only if every check passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "assets" / "examples"
+RSS_TOLERANCE = 0.20
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process in KiB, from /proc (no psutil needed)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def files_under(*folders: Path) -> list[Path]:
+    return [p for d in folders if d.is_dir() for p in d.rglob("*") if p.is_file()]
+
+
+class AppServer:
+    """`app.py` in its own process group on 127.0.0.1, with its own temp folders; stopped with SIGTERM.
+
+    The server runs `python benchmarks/load.py serve`, which imports app.py, wraps the library's
+    sampling loop with a concurrency probe (writing stats.json), and calls `app.main`.
+    """
+
+    def __init__(self, workdir: Path, *, weights: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.weights = weights
+        self.extra_env = env or {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.gradio_tmp = self.workdir / "gradio-tmp"
+        self.tmp = self.workdir / "tmp"
+        self.stats_path = self.workdir / "stats.json"
+        self.log_path = self.workdir / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, *, timeout: float = 240.0) -> AppServer:
+        for d in (self.gradio_tmp, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        env.update(
+            GRADIO_TEMP_DIR=str(self.gradio_tmp),
+            GRADIO_EXAMPLES_CACHE=str(self.workdir / "examples-cache"),
+            TMPDIR=str(self.tmp),  # the app's own scratch folder lives under tempfile.gettempdir()
+            GRADIO_ANALYTICS_ENABLED="False",
+            HF_HUB_OFFLINE="1",
+            HF_HUB_DISABLE_TELEMETRY="1",
+            MPLBACKEND="Agg",
+            NO_PROXY="127.0.0.1,localhost",
+            MEDCONDDIFF_LOAD_STATS=str(self.stats_path),
+            PYTHONUNBUFFERED="1",
+        )
+        if self.weights:
+            env["MEDCONDDIFF_WEIGHTS"] = self.weights
+        env.update(self.extra_env)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "serve", "--port", str(self.port)]
+        cmd += ["--parent-pid", str(os.getpid())]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the app exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "config", timeout=5) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"the app did not answer within {timeout:.0f} s:\n{self.log()[-3000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stats(self) -> dict:
+        try:
+            return json.loads(self.stats_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def temp_files(self) -> list[Path]:
+        return files_under(self.gradio_tmp, self.tmp)
+
+    def temp_files_by_kind(self) -> dict[str, int]:
+        """What is left in the temp folders: Gradio's upload/output cache, stray empty files, the app's scratch."""
+        out: Counter = Counter()
+        for p in self.temp_files():
+            if p.is_relative_to(self.tmp):
+                out["app scratch: " + "/".join(p.relative_to(self.tmp).parts[1:-1] or ["."])] += 1
+            elif p.parent == self.gradio_tmp and p.stat().st_size == 0:
+                out["gradio: stray empty files"] += 1
+            else:
+                out["gradio: cached uploads and outputs"] += 1
+        return dict(out)
+
+    def stop(self, *, timeout: float = 20.0) -> int | None:
+        """SIGTERM to the server's process group (background servers ignore SIGINT), SIGKILL if it lingers."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> AppServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def unexpected_tracebacks(log: str) -> list[str]:
+    """Traceback blocks in the server log whose exception is not the app's own gr.Error."""
+    out = []
+    for block in re.split(r"(?m)^(?=Traceback \(most recent call last\):)", log):
+        if not block.startswith("Traceback"):
+            continue
+        lines = [line for line in block.splitlines() if line and not line.startswith((" ", "\t", "Traceback"))]
+        last = lines[0] if lines else block.splitlines()[-1]
+        if not last.startswith("gradio.exceptions.Error"):
+            out.append(last[:300])
+    return out
+
+
+def serve(port: int, parent_pid: int | None) -> None:
+    """Server side: app.py with a probe counting concurrent samplings, then `app.main`."""
+    sys.path.insert(0, str(REPO))
+    if parent_pid:  # never outlive the test or script that started us
+
+        def watch() -> None:
+            while True:
+                time.sleep(1.0)
+                try:
+                    os.kill(parent_pid, 0)
+                except ProcessLookupError:
+                    os._exit(3)
+
+        threading.Thread(target=watch, daemon=True).start()
+    import app
+
+    stats_path = Path(os.environ["MEDCONDDIFF_LOAD_STATS"])
+    lock = threading.Lock()
+    stats = {"active": 0, "max_active": 0, "samplings": 0, "concurrency_limit": app.CONCURRENCY}
+    original = app.iter_segment_slices
+
+    def dump() -> None:
+        tmp = stats_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stats))
+        tmp.replace(stats_path)
+
+    def counted(*args, **kwargs):
+        with lock:
+            stats["active"] += 1
+            stats["samplings"] += 1
+            stats["max_active"] = max(stats["max_active"], stats["active"])
+            dump()
+        try:
+            yield from original(*args, **kwargs)
+        finally:
+            with lock:
+                stats["active"] -= 1
+                dump()
+
+    app.iter_segment_slices = counted
+    with lock:
+        dump()
+    app.main(["--host", "127.0.0.1", "--port", str(port)])
+
+
+# -- the requests --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    name: str
+    files: tuple[Path, ...]
+    shape: tuple[int, int] | None  # the mask's (H, W) for a good request
+    error: str | None = None  # a fragment of the error message for a bad one
+    steps: int = 4
+    ensemble: int = 1
+    consensus: str = ""
+
+    @property
+    def good(self) -> bool:
+        return self.error is None
+
+
+def _png_shape(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.size[1], img.size[0]
+
+
+def build_requests(folder: Path, *, steps: int) -> list[Request]:
+    """Good: the bundled example slices and slabs. Bad: files and settings the app must refuse."""
+    import gzip
+
+    import numpy as np
+    from PIL import Image
+
+    good = []
+    for flair in sorted(EXAMPLES.glob("brats_*_z*_flair.png")):
+        t1c = flair.with_name(flair.name.replace("_flair", "_t1c"))
+        good.append(Request(flair.stem.replace("_flair", ""), (flair, t1c), _png_shape(flair), steps=steps))
+    slab = (EXAMPLES / "brats_pat0004_slab_flair.nii.gz", EXAMPLES / "brats_pat0004_slab_t1c.nii.gz")
+    if all(p.is_file() for p in slab):
+        import nibabel as nib
+
+        good.append(Request("brats_pat0004_slab", slab, tuple(nib.load(slab[0]).shape[:2]), steps=steps))
+    if good:
+        good.append(Request(good[0].name + "_ensemble2", good[0].files, good[0].shape, steps=2, ensemble=2))
+    if not good:
+        raise FileNotFoundError(f"no BraTS example slices in {EXAMPLES}")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    first = good[0].files
+    empty = folder / "empty.nii.gz"
+    empty.write_bytes(b"")
+    text = folder / "notes_flair.png"
+    text.write_bytes(b"this is a text file renamed .png\n" * 20)
+    truncated = folder / "truncated_flair.nii.gz"
+    truncated.write_bytes(slab[0].read_bytes()[:5000] if slab[0].is_file() else gzip.compress(b"\0" * 9000)[:100])
+    nan = folder / "nan_t1c.tif"
+    arr = np.asarray(Image.open(first[1]), dtype=np.float32).copy()
+    arr[arr.shape[0] // 2, :] = np.nan
+    Image.fromarray(arr).save(nan)
+    bad = [
+        Request("empty_file", (empty, empty), None, "the file is empty"),
+        Request("text_renamed_png", (text, first[1]), None, "not a readable image"),
+        Request("truncated_gzip", (truncated, truncated), None, "not a readable NIfTI file"),
+        Request("one_modality_for_two", (first[0],), None, "modality channel(s)"),
+        Request("nan_pixels", (first[0], nan), None, "NaN/Inf value(s)"),
+        Request("unknown_consensus", first, None, "unknown consensus 'loudest'", consensus="loudest"),
+        Request("steps_over_the_demo_limit", first, None, "this demo runs at most", steps=500),
+    ]
+    return good + bad
+
+
+@dataclass
+class Outcome:
+    request: str
+    good: bool
+    ok: bool
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    users: int
+    duration_s: float
+    weights: str
+    requests: int = 0
+    good_sent: int = 0
+    good_ok: int = 0
+    bad_sent: int = 0
+    bad_ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    server_tracebacks: list[str] = field(default_factory=list)
+    server_alive_after: bool = False
+    server_pid: int | None = None
+    server_exit_code: int | None = None  # after SIGTERM
+    concurrency_limit: int | None = None
+    max_concurrent_samplings: int | None = None
+    samplings: int | None = None
+    max_file_size: str | int | None = None
+    oversized_upload_status: int | None = None
+    rss_warm_mib: float = 0.0
+    rss_end_mib: float = 0.0
+    rss_change: float = 0.0
+    temp_files_warm: int = 0
+    temp_files_end: int = 0
+    temp_files_end_by_kind: dict[str, int] = field(default_factory=dict)
+    latency_p50_s: float = 0.0
+    latency_p95_s: float = 0.0
+    throughput_per_min: float = 0.0
+    per_request: dict[str, list[int]] = field(default_factory=dict)  # name -> [sent, answered as expected]
+
+    @property
+    def server_errors(self) -> int:
+        return len(self.failures) + len(self.server_tracebacks) + (0 if self.server_alive_after else 1)
+
+    def checks(self) -> dict[str, bool]:
+        return {
+            "every good request answered with a valid mask": self.good_sent > 0 and self.good_ok == self.good_sent,
+            "every bad request answered with its error": self.bad_sent > 0 and self.bad_ok == self.bad_sent,
+            "zero server errors": self.server_errors == 0,
+            "the queue bounds concurrent samplings": self.max_concurrent_samplings is not None
+            and self.concurrency_limit is not None
+            and 1 <= self.max_concurrent_samplings <= self.concurrency_limit,
+            "resident memory within 20% of after warm-up": abs(self.rss_change) <= RSS_TOLERANCE,
+            "uploads over max_file_size refused": self.oversized_upload_status in (400, 413),
+        }
+
+    @property
+    def passed(self) -> bool:
+        return all(self.checks().values())
+
+
+def _check_answer(req: Request, result, error: BaseException | None) -> tuple[bool, str]:
+    """Is this the right answer to `req`? (ok, what was wrong)."""
+    from gradio_client.exceptions import AppError
+
+    if req.good:
+        if error is not None:
+            return False, f"good request failed: {type(error).__name__}: {error}"
+        mask, summary = result
+        shape = _png_shape(Path(mask))
+        if shape != req.shape or list(summary.get("shape", [])) != list(req.shape):
+            return False, f"mask shape {shape} / summary {summary.get('shape')} != {req.shape}"
+        import numpy as np
+        from PIL import Image
+
+        labels = np.asarray(Image.open(mask))
+        k = len(summary["classes"])
+        if labels.max() >= k or np.bincount(labels.ravel(), minlength=k).tolist() != summary["areas"]:
+            return False, "mask values do not match the summary's classes and areas"
+        return True, ""
+    if isinstance(error, AppError) and req.error in str(error):
+        return True, ""
+    if error is None:
+        return False, f"bad request {req.name} was answered with a mask"
+    return False, f"bad request {req.name}: {type(error).__name__}: {str(error)[:200]} (expected {req.error!r})"
+
+
+def send(client, req: Request, *, timeout: float) -> Outcome:
+    from gradio_client import handle_file
+
+    started = time.perf_counter()
+    result, error = None, None
+    try:
+        job = client.submit(
+            [handle_file(str(p)) for p in req.files],
+            "",
+            req.steps,
+            req.ensemble,
+            req.consensus,
+            0,
+            api_name="/segment",
+        )
+        result = job.result(timeout=timeout)
+    except Exception as err:  # every failure is recorded and judged, none stops a user
+        error = err
+    ok, detail = _check_answer(req, result, error)
+    return Outcome(req.name, req.good, ok, time.perf_counter() - started, detail)
+
+
+def _client(url: str, download: Path):
+    from gradio_client import Client
+
+    download.mkdir(parents=True, exist_ok=True)
+    return Client(url, verbose=False, download_files=str(download), analytics_enabled=False)
+
+
+def oversized_upload(url: str, limit_bytes: int, folder: Path) -> int:
+    """POST a (sparse) file one byte over the cap to the upload route; return the HTTP status."""
+    import httpx
+
+    big = folder / "oversized.nii.gz"
+    with open(big, "wb") as f:
+        f.truncate(limit_bytes + 1)
+    try:
+        with open(big, "rb") as f:
+            r = httpx.post(url + "gradio_api/upload", files={"files": (big.name, f)}, timeout=120)
+        return r.status_code
+    finally:
+        big.unlink()
+
+
+def _parse_size(value) -> int:
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)b?\s*", str(value).lower())
+    if not m:
+        raise ValueError(f"cannot read max_file_size {value!r}")
+    return int(float(m.group(1)) * 1024 ** "_kmgt".index(m.group(2) or "_"))
+
+
+def run_load(
+    *,
+    users: int,
+    duration: float,
+    workdir: Path,
+    weights: str | None = None,
+    steps: int = 4,
+    seed: int = 0,
+    request_timeout: float = 300.0,
+    log=print,
+) -> Report:
+    """Start the app, warm it up, run `users` concurrent users for `duration` seconds, stop it, report."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if weights is None:
+        weights = default_weights(workdir)
+    requests = build_requests(workdir / "inputs", steps=steps)
+    report = Report(users=users, duration_s=duration, weights=weights)
+    server = AppServer(workdir / "server", weights=weights)
+    log(f"starting the app on {server.url} (weights: {weights})")
+    server.start()
+    report.server_pid = server.pid
+    try:
+        config = json.loads(urllib.request.urlopen(server.url + "config", timeout=30).read())
+        report.max_file_size = config.get("max_file_size")
+        # warm-up: every request once, from one user
+        warm = _client(server.url, workdir / "downloads" / "warm")
+        for req in requests:
+            out = send(warm, req, timeout=request_timeout)
+            if not out.ok:
+                report.failures.append(f"warm-up {out.request}: {out.detail}")
+        report.rss_warm_mib = server.rss_kib() / 1024
+        report.temp_files_warm = len(server.temp_files())
+        log(f"warmed up: RSS {report.rss_warm_mib:.0f} MiB; {users} users for {duration:.0f} s ...")
+
+        outcomes: list[Outcome] = []
+        lock = threading.Lock()
+        deadline = time.monotonic() + duration
+
+        def user(i: int) -> None:
+            rng = random.Random(seed + i)
+            client = _client(server.url, workdir / "downloads" / f"user{i}")
+            while time.monotonic() < deadline:
+                out = send(client, rng.choice(requests), timeout=request_timeout)
+                with lock:
+                    outcomes.append(out)
+
+        threads = [threading.Thread(target=user, args=(i,), name=f"user{i}") for i in range(users)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started
+
+        time.sleep(2.0)  # let the server finish its bookkeeping
+        report.rss_end_mib = server.rss_kib() / 1024
+        report.rss_change = report.rss_end_mib / report.rss_warm_mib - 1.0
+        report.temp_files_end = len(server.temp_files())
+        report.temp_files_end_by_kind = server.temp_files_by_kind()
+        if report.max_file_size:
+            report.oversized_upload_status = oversized_upload(server.url, _parse_size(report.max_file_size), workdir)
+        # the server still answers a good request after everything
+        final = send(warm, requests[0], timeout=request_timeout)
+        report.server_alive_after = final.ok and server.alive()
+        stats = server.stats()
+        report.concurrency_limit = stats.get("concurrency_limit")
+        report.max_concurrent_samplings = stats.get("max_active")
+        report.samplings = stats.get("samplings")
+    finally:
+        report.server_exit_code = server.stop()
+        report.server_tracebacks = unexpected_tracebacks(server.log())
+
+    report.requests = len(outcomes)
+    report.good_sent = sum(o.good for o in outcomes)
+    report.good_ok = sum(o.good and o.ok for o in outcomes)
+    report.bad_sent = sum(not o.good for o in outcomes)
+    report.bad_ok = sum(not o.good and o.ok for o in outcomes)
+    report.failures += [f"{o.request}: {o.detail}" for o in outcomes if not o.ok]
+    sent, right = Counter(o.request for o in outcomes), Counter(o.request for o in outcomes if o.ok)
+    report.per_request = {name: [sent[name], right[name]] for name in sorted(sent)}
+    times = sorted(o.seconds for o in outcomes)
+    if times:
+        report.latency_p50_s = round(times[len(times) // 2], 2)
+        report.latency_p95_s = round(times[min(len(times) - 1, int(len(times) * 0.95))], 2)
+        report.throughput_per_min = round(len(times) / elapsed * 60, 1)
+    return report
+
+
+def default_weights(workdir: Path) -> str:
+    """The bundled BraTS demo weights, else a random-init 2-channel model (robustness only, not quality)."""
+    sys.path.insert(0, str(REPO))
+    from medconddiff import hub
+
+    if "brats-demo" in hub.bundled_models():
+        return "brats-demo"
+    import torch
+
+    from medconddiff.config import MedCondDiffConfig
+    from medconddiff.model import MedCondDiff
+
+    torch.manual_seed(0)
+    folder = workdir / "random-init-weights"
+    return str(hub.save_model(MedCondDiff(MedCondDiffConfig(image_size=64)).eval(), folder))
+
+
+def format_report(r: Report) -> str:
+    rows = [
+        ("users x duration", f"{r.users} x {r.duration_s:.0f} s"),
+        ("weights", r.weights),
+        (
+            "requests answered",
+            f"{r.requests} ({r.throughput_per_min} / min; p50 {r.latency_p50_s} s, p95 {r.latency_p95_s} s)",
+        ),
+        ("good requests: valid mask", f"{r.good_ok} / {r.good_sent}"),
+        ("bad requests: their error", f"{r.bad_ok} / {r.bad_sent}"),
+        (
+            "server errors",
+            f"{r.server_errors} (client-side failures {len(r.failures)}, "
+            f"server tracebacks {len(r.server_tracebacks)}, alive after: {r.server_alive_after})",
+        ),
+        (
+            "concurrent samplings (max / limit)",
+            f"{r.max_concurrent_samplings} / {r.concurrency_limit} ({r.samplings} samplings)",
+        ),
+        (
+            "RSS after warm-up -> after run",
+            f"{r.rss_warm_mib:.0f} MiB -> {r.rss_end_mib:.0f} MiB ({100 * r.rss_change:+.1f} %)",
+        ),
+        (
+            "files in the server's temp folders (warm-up -> end)",
+            f"{r.temp_files_warm} -> {r.temp_files_end}: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(r.temp_files_end_by_kind.items())),
+        ),
+        ("upload over max_file_size", f"{r.max_file_size}: HTTP {r.oversized_upload_status}"),
+    ]
+    lines = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
+    lines += ["", *[f"- [{'x' if ok else ' '}] {name}" for name, ok in r.checks().items()]]
+    if r.failures or r.server_tracebacks:
+        lines += ["", "failures:", *[f"  {f}" for f in (r.failures + r.server_tracebacks)[:20]]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command")
+    srv = sub.add_parser("serve", help="(internal) run app.py with the concurrency probe")
+    srv.add_argument("--port", type=int, required=True)
+    srv.add_argument("--parent-pid", type=int, default=None)
+    ap.add_argument("--users", type=int, default=8, help="concurrent gradio_client users (default 8)")
+    ap.add_argument("--duration", type=float, default=180.0, help="seconds of load after warm-up (default 180)")
+    ap.add_argument("--steps", type=int, default=4, help="sampling steps per good request (default 4)")
+    ap.add_argument("--weights", default=None, help="weights for the app (default: brats-demo, else random-init)")
+    ap.add_argument("--json", default=None, help="write the figures to this JSON file")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (server log, downloads)")
+    args = ap.parse_args(argv)
+    if args.command == "serve":
+        serve(args.port, args.parent_pid)
+        return 0
+    workdir = Path(tempfile.mkdtemp(prefix="medconddiff-load-"))
+    try:
+        report = run_load(
+            users=args.users, duration=args.duration, workdir=workdir, weights=args.weights, steps=args.steps
+        )
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"work folder kept: {workdir}")
+    print(format_report(report))
+    if args.json:
+        data = {**asdict(report), "server_errors": report.server_errors, "checks": report.checks()}
+        Path(args.json).write_text(json.dumps(data, indent=2))
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

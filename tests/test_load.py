@@ -1,0 +1,57 @@
+"""The short load test (N = 4 users, about 30 s): the CI version of `python benchmarks/load.py`.
+
+The app runs in a subprocess on 127.0.0.1; four gradio_client users send the bundled example
+slices and bad inputs at once. Every good request must get a valid mask, every bad one its own
+error, with no server error, at most the app's concurrency limit of samplings at once, resident
+memory after the run within 20% of after warm-up, and uploads over the cap refused. The long run
+(8 users, 3 minutes) is `python benchmarks/load.py`; its figures are in RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "assets" / "examples"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("medconddiff_load", REPO / "benchmarks" / "load.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+load = _load_script()
+
+
+@pytest.mark.slow
+def test_short_load_run(tmp_path):
+    if not list(EXAMPLES.glob("brats_*_z*_flair.png")):
+        pytest.skip("no bundled BraTS example slices")
+    report = load.run_load(users=4, duration=30, workdir=tmp_path, steps=4, log=lambda *a: None)
+    print(load.format_report(report))  # shown with -s or on failure
+    assert report.requests >= 8, "four users should get through a few requests each in 30 s"
+    assert report.good_sent > 0 and report.bad_sent > 0
+    failed = [name for name, ok in report.checks().items() if not ok]
+    assert not failed, f"{failed}\n{load.format_report(report)}"
+    # the server was stopped with SIGTERM and no process of its group is left
+    assert report.server_exit_code is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(report.server_pid, 0)
+
+
+def test_unexpected_tracebacks_ignores_the_apps_own_errors():
+    log = (
+        'Traceback (most recent call last):\n  File "app.py", line 1\n'
+        "gradio.exceptions.Error: 'x.png: the file is empty'\n"
+        'Traceback (most recent call last):\n  File "medconddiff/io.py", line 2\n    raise\n'
+        "RuntimeError: boom\n"
+    )
+    assert load.unexpected_tracebacks(log) == ["RuntimeError: boom"]
