@@ -176,3 +176,56 @@ def test_corpus_covers_the_issue():
         "safetensors_for_a_different_shape",
     ):
         assert needed in names, needed
+
+
+# -- the app: the same corpus through the public `segment` API --------------------------------------
+
+
+def _load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("medconddiff_load", REPO / "benchmarks" / "load.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+load = _load_script()  # benchmarks/load.py: the app server helper
+
+
+@pytest.fixture(scope="module")
+def app_client(tmp_path_factory, tiny_weights):
+    """A gradio_client Client of `python app.py` on 127.0.0.1 serving the tiny weights (stopped with SIGTERM)."""
+    from gradio_client import Client
+
+    server = load.AppServer(tmp_path_factory.mktemp("app"), weights=str(tiny_weights)).start()
+    downloads = tmp_path_factory.mktemp("downloads")
+    try:
+        yield Client(server.url, verbose=False, download_files=str(downloads)), server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("kind", _ids(kinds("app")))
+def test_app(kind: Kind, tmp_path, tiny_weights, app_client):
+    """A gr.Error with the library's message for bad kinds, a mask of the (middle) slice's size for valid ones."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    client, server = app_client
+    given = kind.build(tmp_path, tiny_weights)
+    s = {"steps": STEPS, "ensemble": 1, "consensus": "", **given.settings}
+    args = ([handle_file(str(p)) for p in given.files], "", s["steps"], s["ensemble"], s["consensus"], 0)
+    if kind.valid:
+        mask, summary = client.predict(*args, api_name="/segment")
+        labels = np.asarray(Image.open(mask)).astype(np.int64)
+        assert_valid_mask(labels, kind.shape[:2])  # a volume's middle slice
+        assert tuple(summary["shape"]) == kind.shape[:2]
+    else:
+        with pytest.raises(AppError) as info:
+            client.predict(*args, api_name="/segment")
+        for fragment in kind.fragments:
+            assert fragment in str(info.value), f"{fragment!r} not in {info.value}"
+    assert server.alive()
+    assert load.unexpected_tracebacks(server.log()) == [], "the server logged an error other than a gr.Error"
