@@ -66,3 +66,16 @@ def test_ddpm_figure_is_flagged_as_extrapolated(quick_run):
 def test_backbone_every_step_does_equal_work(quick_run):
     result, _ = quick_run
     assert result["sizes"]["64"]["every_step_same_labels"] is True
+
+
+def test_ablations_report_before_after_pairs(tmp_path):
+    out = tmp_path / "ablate.json"
+    cmd = [sys.executable, "benchmarks/ablate.py", "--sizes", "64", "--repeats", "1", "--volume-slices", "0"]
+    cmd += ["--threads", "1", "--experiments", "autograd,layout,autocast", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(out.read_text())["sizes"]["64"]
+    assert set(row) == {"autograd", "channels_last_denoiser", "channels_last_weights", "autocast"}
+    for name, r in row.items():
+        assert _positive(r[r["before"]]["median"]) and _positive(r[r["after"]]["median"]), name
+        assert _positive(r["speedup"]), name

@@ -1,0 +1,252 @@
+"""Before/after of each speed option, measured side by side (interleaved repeats) on this machine.
+
+    python benchmarks/ablate.py [--device cpu|cuda] [--sizes 128,256] [--repeats 5] [--json OUT] [--experiments ...,compile]
+
+Each experiment times one default segmentation of a real slice (10 DDIM steps, 1 member, mean-logits
+consensus) with the option off and on, alternating the two in every repeat so that a change in
+machine load hits both alike; it reports medians and their ratio. `bench.py` gives the absolute
+figures; this gives the evidence for each optimisation listed in benchmarks/RESULTS.md.
+
+Experiments: autograd off (grad vs no_grad vs inference_mode), the denoiser's channels-last layout,
+channels-last weights as well (a candidate, not adopted), bf16 autocast, threads, slices per batch
+for a volume, and (asked for with compile: slow to build) torch.compile of the denoiser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+
+from medconddiff.pipeline import (  # noqa: E402
+    SamplingSettings,
+    encode,
+    segment_image,
+    segment_volume,
+    use_channels_last,
+)
+from medconddiff.sampler import sample_loop  # noqa: E402
+
+
+def interleaved(variants: dict[str, Callable[[], object]], *, repeats: int, device: torch.device) -> dict:
+    """Median seconds of each variant, timed in turn within every repeat, after one warm-up each."""
+    for fn in variants.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name] += bench.measure(fn, device=device, warmup=0, repeats=1)
+    return {name: {"median": statistics.median(t), "samples": [round(x, 5) for x in t]} for name, t in times.items()}
+
+
+def with_ratio(res: dict, before: str, after: str) -> dict:
+    res["speedup"] = res[before]["median"] / res[after]["median"]
+    res["before"], res["after"] = before, after
+    return res
+
+
+def autograd_modes(model, image: torch.Tensor, settings: SamplingSettings, device: torch.device, repeats: int) -> dict:
+    """The backbone once + the sampling loop under each autograd mode (the pipeline uses inference_mode)."""
+
+    layout = use_channels_last(device)
+
+    def run(mode: Callable[[], AbstractContextManager]) -> Callable[[], None]:
+        def go() -> None:
+            with mode():
+                cond = encode(model, image)
+                for _ in sample_loop(model, cond, steps=settings.steps, keep_x_t=False, channels_last=layout):
+                    pass
+
+        return go
+
+    res = interleaved(
+        {"grad": run(torch.enable_grad), "no_grad": run(torch.no_grad), "inference_mode": run(torch.inference_mode)},
+        repeats=repeats,
+        device=device,
+    )
+    for name, mode in (("grad", torch.enable_grad), ("inference_mode", torch.inference_mode)):
+        with bench.PeakMemory(device) as mem:
+            run(mode)()
+        res[name]["memory"] = mem.result
+    return with_ratio(res, "grad", "inference_mode")
+
+
+def experiments_at(size: int, raw, kind: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """Every before/after at one image size, on the real architecture with random weights."""
+    model, _ = bench.build_model(size, None, device)
+    settings = SamplingSettings.defaults_for(model.config)
+    image = bench.model_grid(model, raw, kind, device)
+    cpu = device.type == "cpu"
+    row: dict = {}
+
+    def seg(net=model, **kw) -> Callable[[], None]:
+        return lambda: segment_image(net, raw, settings, kind=kind, keep_trajectory=False, **kw)
+
+    todo = set(args.experiments.split(","))
+    if "autograd" in todo:
+        print(f"{size}: autograd", file=sys.stderr, flush=True)
+        row["autograd"] = autograd_modes(model, image, settings, device, args.repeats)
+    if "layout" in todo:
+        print(f"{size}: layout", file=sys.stderr, flush=True)
+        row |= layouts(model, seg, args.repeats, device)
+    if "autocast" in todo:
+        print(f"{size}: precision", file=sys.stderr, flush=True)
+        amp = "bf16" if cpu else "fp16"
+        res = interleaved({"fp32": seg(), amp: seg(precision=amp)}, repeats=args.repeats, device=device)
+        row["autocast"] = with_ratio(res, "fp32", amp)
+    if cpu and "threads" in todo:
+        print(f"{size}: threads", file=sys.stderr, flush=True)
+        row["threads"] = thread_counts(seg, args.repeats, device)
+    if "compile" in todo:
+        print(f"{size}: torch.compile (slow)", file=sys.stderr, flush=True)
+        row["torch_compile_denoiser"] = compile_denoiser(model, seg, args.repeats, device)
+    return row
+
+
+def layouts(model, seg: Callable[..., Callable[[], None]], repeats: int, device: torch.device) -> dict:
+    """The denoiser's channels-last activations (adopted), then channels-last weights too (a candidate)."""
+    out = {}
+    pair = {"contiguous": seg(channels_last=False), "channels_last": seg(channels_last=True)}
+    out["channels_last_denoiser"] = with_ratio(
+        interleaved(pair, repeats=repeats, device=device), "contiguous", "channels_last"
+    )
+    start = time.perf_counter()
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)  # the candidate: weights too
+    relayout_s = time.perf_counter() - start
+    pair = {"activations_only": seg(channels_last=True), "weights_too": seg(model_cl, channels_last=True)}
+    res = interleaved(pair, repeats=repeats, device=device)
+    res["relayout_seconds"] = relayout_s  # copy + re-layout: a one-off cost per loaded model
+    out["channels_last_weights"] = with_ratio(res, "activations_only", "weights_too")
+    return out
+
+
+def thread_counts(seg: Callable[..., Callable[[], None]], repeats: int, device: torch.device) -> dict:
+    """One intra-op thread vs torch's default (the core count); restored after every run."""
+    n = torch.get_num_threads()
+
+    def threads(k: int) -> Callable[[], None]:
+        def go() -> None:
+            torch.set_num_threads(k)
+            try:
+                seg()()
+            finally:
+                torch.set_num_threads(n)
+
+        return go
+
+    many = n if n > 1 else 2
+    res = interleaved({"1": threads(1), str(many): threads(many)}, repeats=repeats, device=device)
+    return with_ratio(res, "1", str(many))
+
+
+def compile_denoiser(model, seg: Callable[..., Callable[[], None]], repeats: int, device: torch.device) -> dict:
+    """torch.compile of `model.denoise` (CUDA: mode reduce-overhead, i.e. CUDA graphs), with its build time."""
+    compiled = torch.compile(model.denoise, dynamic=False, mode=None if device.type == "cpu" else "reduce-overhead")
+
+    def use(on: bool) -> Callable[[], None]:
+        def go() -> None:
+            if on:
+                model.denoise = compiled  # an instance attribute shadows the method
+            else:
+                model.__dict__.pop("denoise", None)
+            seg()()
+
+        return go
+
+    try:
+        start = time.perf_counter()
+        use(True)()  # builds the compiled graph
+        compile_s = time.perf_counter() - start
+        res = interleaved({"eager": use(False), "compiled": use(True)}, repeats=repeats, device=device)
+    finally:
+        model.__dict__.pop("denoise", None)
+    res["first_call_seconds"] = compile_s
+    return with_ratio(res, "eager", "compiled")
+
+
+def volume_batches(slices: int, repeats: int, device: torch.device) -> dict:
+    """Slices per second through `segment_volume` (the CLI path) at 128 px for 1, 4, 8, 16 slices per batch."""
+    model, _ = bench.build_model(128, None, device)
+    vol, kind, source = bench.example_volume(model.config, slices)
+    settings = SamplingSettings.defaults_for(model.config)
+    sizes = (1, 4, 8, 16)
+
+    def run(b: int) -> Callable[[], None]:
+        return lambda: segment_volume(model, vol, settings, kind=kind, batch_size=b)
+
+    res = interleaved({str(b): run(b) for b in sizes}, repeats=repeats, device=device)
+    for b in sizes:
+        res[str(b)]["slices_per_second"] = slices / res[str(b)]["median"]
+    res["source"], res["slices"], res["size"] = source, slices, 128
+    return with_ratio(res, "1", "8")
+
+
+def run_experiments(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    out: dict = {"machine": bench.machine(device), "repeats": args.repeats, "sizes": {}}
+    raw, kind, source = bench.example_slice(2)
+    out["input"] = source
+    for size in [int(s) for s in args.sizes.split(",")]:
+        out["sizes"][str(size)] = experiments_at(size, raw, kind, args, device)
+    if args.volume_slices:
+        print("volume batch sizes", file=sys.stderr, flush=True)
+        out["volume_batch"] = volume_batches(args.volume_slices, max(1, args.repeats // 2), device)
+    return out
+
+
+def print_results(out: dict) -> None:
+    m = out["machine"]
+    print(
+        f"\nablations on {m['device']} ({m.get('gpu') or m['cpu']}), {m['threads']} threads, {out['repeats']} repeats"
+    )
+    print(f"{'size':>5}  {'experiment':<24} {'before':>16} {'after':>16} {'speed-up':>9}")
+    for size, row in out["sizes"].items():
+        for name, r in row.items():
+            b, a = r["before"], r["after"]
+            print(
+                f"{size:>5}  {name:<24} {b + ' ' + format(r[b]['median'], '.3f'):>16} "
+                f"{a + ' ' + format(r[a]['median'], '.3f'):>16} {r['speedup']:>9.2f}"
+            )
+    vb = out.get("volume_batch")
+    if vb:
+        rates = ", ".join(f"batch {b}: {vb[b]['slices_per_second']:.2f}" for b in ("1", "4", "8", "16"))
+        print(f"volume ({vb['slices']} slices at {vb['size']} px), slices/s: {rates}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--sizes", default="128,256")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--volume-slices", type=int, default=16, help="slices for the batch-size sweep (0 skips)")
+    ap.add_argument(
+        "--experiments",
+        default="autograd,layout,autocast,threads",
+        help="comma-separated subset of autograd,layout,autocast,threads,compile (compile takes minutes)",
+    )
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", metavar="OUT", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = run_experiments(args)
+    print_results(out)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
