@@ -235,6 +235,20 @@ def test_nifti_exports_keep_the_upload_affine(app, brats):
     np.testing.assert_allclose(vol.affine, src.affine)
 
 
+def test_ct_example_with_a_ct_model(app):
+    ct = next(e for e in app.EXAMPLES if e.modality == "ct" and e.files[0].endswith(".png"))
+    choice, custom = app.model_for(ct)
+    if custom:
+        pytest.skip(f"no CT model bundled or offered ({custom} missing)")
+    assert app.peek_config(choice).modality == "ct"
+    outs = app.on_model(choice, "")
+    assert _get(outs[2], "visible") and _get(outs[2], "value") == "abdomen"  # the CT window control
+    final = _segment(app, ct.files, choice, truth=ct.truth)[-1]
+    run = final[app.run_state]
+    assert run.result.labels.shape == _png(ct.files[0]).shape
+    assert "| liver |" in final[app.dice_table] and "liver" in final[app.legend]
+
+
 # -- bad input: a clear gr.Error, and the app keeps serving ------------------------------------------
 
 
