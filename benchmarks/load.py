@@ -258,6 +258,7 @@ class Request:
     steps: int = 4
     ensemble: int = 1
     consensus: str = ""
+    model: str = ""  # "" = the app's default weights
 
     @property
     def good(self) -> bool:
@@ -271,8 +272,11 @@ def _png_shape(path: Path) -> tuple[int, int]:
         return img.size[1], img.size[0]
 
 
-def build_requests(folder: Path, *, steps: int) -> list[Request]:
-    """Good: the bundled example slices and slabs. Bad: files and settings the app must refuse."""
+def build_requests(folder: Path, *, steps: int, ct_model: str | None = None) -> list[Request]:
+    """Good: the bundled example slices and slabs. Bad: files and settings the app must refuse.
+
+    With `ct_model` (the bundled CT weights' name) the CT example slices go to that model too.
+    """
     import gzip
 
     import numpy as np
@@ -291,6 +295,9 @@ def build_requests(folder: Path, *, steps: int) -> list[Request]:
         good.append(Request(good[0].name + "_ensemble2", good[0].files, good[0].shape, steps=2, ensemble=2))
     if not good:
         raise FileNotFoundError(f"no BraTS example slices in {EXAMPLES}")
+    if ct_model:
+        for ct in sorted(EXAMPLES.glob("ct_z*[0-9].png")):
+            good.append(Request(ct.stem + "_ct_model", (ct,), _png_shape(ct), steps=steps, model=ct_model))
 
     folder.mkdir(parents=True, exist_ok=True)
     first = good[0].files
@@ -411,7 +418,7 @@ def send(client, req: Request, *, timeout: float) -> Outcome:
     try:
         job = client.submit(
             [handle_file(str(p)) for p in req.files],
-            "",
+            req.model,
             req.steps,
             req.ensemble,
             req.consensus,
@@ -471,7 +478,7 @@ def run_load(
     workdir.mkdir(parents=True, exist_ok=True)
     if weights is None:
         weights = default_weights(workdir)
-    requests = build_requests(workdir / "inputs", steps=steps)
+    requests = build_requests(workdir / "inputs", steps=steps, ct_model=bundled_ct_model())
     report = Report(users=users, duration_s=duration, weights=weights)
     server = AppServer(workdir / "server", weights=weights)
     log(f"starting the app on {server.url} (weights: {weights})")
@@ -542,6 +549,13 @@ def run_load(
         report.latency_p95_s = round(times[min(len(times) - 1, int(len(times) * 0.95))], 2)
         report.throughput_per_min = round(len(times) / elapsed * 60, 1)
     return report
+
+
+def bundled_ct_model() -> str | None:
+    sys.path.insert(0, str(REPO))
+    from medconddiff import hub
+
+    return "abdomen-ct-demo" if "abdomen-ct-demo" in hub.bundled_models() else None
 
 
 def default_weights(workdir: Path) -> str:

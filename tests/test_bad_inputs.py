@@ -29,8 +29,14 @@ REPO = Path(__file__).resolve().parent.parent
 STEPS = 2
 
 
-def _ids(ks: list[Kind]) -> list:
-    return [pytest.param(k, id=k.name) for k in ks]
+def _ids(ks: list[Kind], surface: str) -> list:
+    """One named test per kind; a known gap in code this corpus does not own is a strict xfail."""
+    params = []
+    for k in ks:
+        reasons = [reason for where, reason in k.xfail if where == surface]
+        marks = [pytest.mark.xfail(strict=True, reason=reasons[0])] if reasons else []
+        params.append(pytest.param(k, id=k.name, marks=marks))
+    return params
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +63,7 @@ def assert_valid_mask(labels: np.ndarray, shape: tuple[int, ...]) -> None:
     assert labels.min() >= 0 and labels.max() < NUM_CLASSES
 
 
-@pytest.mark.parametrize("kind", _ids(kinds("library")))
+@pytest.mark.parametrize("kind", _ids(kinds("library"), "library"))
 def test_library(kind: Kind, tmp_path, tiny_weights, good_model):
     if kind.valid:
         assert_valid_mask(run_library(kind, tmp_path, tiny_weights, good_model), kind.shape)
@@ -101,7 +107,7 @@ def check_cli_outcome(kind: Kind, code: int, stdout: str, stderr: str, out: Path
     assert not out.exists()  # nothing half-written
 
 
-@pytest.mark.parametrize("kind", _ids(kinds("cli")))
+@pytest.mark.parametrize("kind", _ids(kinds("cli"), "cli"))
 def test_cli(kind: Kind, tmp_path, tiny_weights, capfd, monkeypatch):
     """The command line's `main` in this process (fast; the same code as `python -m medconddiff`)."""
     from medconddiff.__main__ import main
@@ -130,7 +136,7 @@ SUBPROCESS_KINDS = [
 ]
 
 
-@pytest.mark.parametrize("kind", _ids([k for k in kinds("cli") if k.name in SUBPROCESS_KINDS]))
+@pytest.mark.parametrize("kind", _ids([k for k in kinds("cli") if k.name in SUBPROCESS_KINDS], "cli"))
 def test_cli_subprocess(kind: Kind, tmp_path, tiny_weights):
     argv, out, files = cli_args(kind, tmp_path, tiny_weights)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -207,7 +213,7 @@ def app_client(tmp_path_factory, tiny_weights):
         server.stop()
 
 
-@pytest.mark.parametrize("kind", _ids(kinds("app")))
+@pytest.mark.parametrize("kind", _ids(kinds("app"), "app"))
 def test_app(kind: Kind, tmp_path, tiny_weights, app_client):
     """A gr.Error with the library's message for bad kinds, a mask of the (middle) slice's size for valid ones."""
     from gradio_client import handle_file
@@ -215,8 +221,9 @@ def test_app(kind: Kind, tmp_path, tiny_weights, app_client):
 
     client, server = app_client
     given = kind.build(tmp_path, tiny_weights)
-    s = {"steps": STEPS, "ensemble": 1, "consensus": "", **given.settings}
-    args = ([handle_file(str(p)) for p in given.files], "", s["steps"], s["ensemble"], s["consensus"], 0)
+    s = {"steps": STEPS, "ensemble": 1, "consensus": "", "seed": 0, **given.settings}
+    args = ([handle_file(str(p)) for p in given.files], "", s["steps"], s["ensemble"], s["consensus"], s["seed"])
+    log_start = len(server.log())
     if kind.valid:
         mask, summary = client.predict(*args, api_name="/segment")
         labels = np.asarray(Image.open(mask)).astype(np.int64)
@@ -228,4 +235,5 @@ def test_app(kind: Kind, tmp_path, tiny_weights, app_client):
         for fragment in kind.fragments:
             assert fragment in str(info.value), f"{fragment!r} not in {info.value}"
     assert server.alive()
-    assert load.unexpected_tracebacks(server.log()) == [], "the server logged an error other than a gr.Error"
+    new_log = server.log()[log_start:]
+    assert load.unexpected_tracebacks(new_log) == [], "the server logged an error other than a gr.Error"
