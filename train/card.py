@@ -56,7 +56,7 @@ def model_card(weights_dir: Path, report: dict | None, *, notes: str = "") -> st
         lines += [
             f"- command: `{training['command']}`",
             f"- seed {training['seed']}, {training['steps']} steps, {training.get('world_size', 1)} process(es) on "
-            f"{training.get('device', 'cpu')}, {training['wall_minutes']} min wall time (of the last process, if the run was resumed)",
+            f"{training.get('device', 'cpu')}, {training['wall_minutes']} min wall time",
             f"- {training['train_slices']} training slices, {training['val_slices']} validation slices",
         ]
     if notes:
