@@ -310,10 +310,26 @@ def background_value(config: MedCondDiffConfig) -> float:
     return -1.0 if config.modality == "ct" else 0.0
 
 
+def mri_foreground(data: np.ndarray, *, min_fill: float = 0.05) -> np.ndarray:
+    """(C, ...) MRI -> boolean foreground (...): pixels where any channel differs from its background.
+
+    A channel's background is its minimum value when at least `min_fill` of the pixels share it:
+    0 for raw scans and pictures, a negative constant for volumes z-scored before skull-stripped
+    background was filled in (the BraTS files used here). Without such a constant fill the whole
+    image counts as foreground.
+    """
+    fg = np.zeros(data.shape[1:], bool)
+    for channel in data:
+        low = channel.min()
+        fill = channel == low
+        fg |= ~fill if fill.mean() >= min_fill else True
+    return fg
+
+
 def normalise(data: np.ndarray, config: MedCondDiffConfig, *, kind: str, ct_window: str | None = None) -> np.ndarray:
     """Scanner or picture intensities (C, ...) -> the model's input range, float32.
 
-    mri: z-score of each channel inside the foreground (voxels non-zero in any channel), 0 outside.
+    mri: z-score of each channel inside the foreground (`mri_foreground`: inside the head), 0 outside.
     ct:  NIfTI in Hounsfield units is clipped to a window and mapped to [-1, 1]; a 2D picture is
          taken as already windowed and its 0..max range mapped to [-1, 1].
     natural: 0..max -> [0, 1].
@@ -325,7 +341,7 @@ def normalise(data: np.ndarray, config: MedCondDiffConfig, *, kind: str, ct_wind
             f"({', '.join(config.channel_names)}), got {data.shape[0]}"
         )
     if config.modality == "mri":
-        fg = (data != 0).any(axis=0)
+        fg = mri_foreground(data)
         out = np.zeros_like(data)
         if fg.sum() < 2:  # an empty slice (outside the head) stays empty
             return out

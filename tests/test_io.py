@@ -90,6 +90,9 @@ def test_normalise_mri_and_ct():
     out = io.normalise(data, mri, kind="nifti")
     fg = out[0, 5:15, 5:15]
     assert abs(fg.mean()) < 1e-4 and abs(fg.std() - 1) < 1e-3 and (out[:, :5] == 0).all()
+    # z-scored volumes whose background is a negative constant (BraTS) normalise like zero-background ones
+    shifted = np.where(data == 0, np.float32(-3.2), (data - 100) / 20)
+    np.testing.assert_allclose(io.normalise(shifted, mri, kind="nifti"), out, atol=1e-5)
     ct = MedCondDiffConfig(image_size=64, image_channels=1, channel_names=["CT"], modality="ct")
     hu = np.array([[[-1000.0, 40.0, 240.0, 3000.0]]], np.float32)
     np.testing.assert_allclose(io.normalise(hu, ct, kind="nifti"), [[[-1.0, 0.0, 1.0, 1.0]]])

@@ -36,6 +36,7 @@ from medconddiff.sampler import sample_loop
 from . import data as D
 
 log = logging.getLogger("train")
+CACHE_VERSION = 2  # 2: MRI foreground = differs from the constant background fill (not merely non-zero)
 
 
 @dataclass
@@ -206,7 +207,8 @@ def lr_at(step: int, s: TrainSettings) -> float:
 def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
     cases = D.find_cases(run.data.root, run.data)
     m = run.model
-    key = f"{m.modality}_{m.image_channels}ch_{m.image_size}px_crop{int(m.crop_foreground)}"
+    # CACHE_VERSION changes whenever the library's normalisation or geometry changes
+    key = f"v{CACHE_VERSION}_{m.modality}_{m.image_channels}ch_{m.image_size}px_crop{int(m.crop_foreground)}"
     if run.data.layout == "single":
         tr = D.load_or_build(
             cache,
