@@ -235,7 +235,7 @@ def read_image(path: str | Path) -> np.ndarray:
 def read_scan(paths: list[str | Path]) -> Scan:
     """Read the input files of one case: NIfTI file(s), or one 2D image per modality."""
     if not paths:
-        raise InputError("no input file given")
+        raise InputError("no input file given; accepted: one file per modality (NIfTI volumes or 2D images)")
     kinds = {kind_of(p) for p in paths}
     if len(kinds) > 1:
         raise InputError("mixed NIfTI and 2D image inputs; give one kind per case")
@@ -313,15 +313,15 @@ def background_value(config: MedCondDiffConfig) -> float:
 def mri_foreground(data: np.ndarray, *, min_fill: float = 0.05) -> np.ndarray:
     """(C, ...) MRI -> boolean foreground (...): pixels where any channel differs from its background.
 
-    A channel's background is its minimum value when at least `min_fill` of the pixels share it:
-    0 for raw scans and pictures, a negative constant for volumes z-scored before skull-stripped
-    background was filled in (the BraTS files used here). Without such a constant fill the whole
-    image counts as foreground.
+    A channel's background is a constant fill shared by at least `min_fill` of the pixels: 0 for raw
+    scans and pictures, or the channel's minimum for volumes z-scored before the skull-stripped
+    background was filled in (the BraTS files used here), whichever covers more pixels. Without such
+    a fill the whole image counts as foreground.
     """
     fg = np.zeros(data.shape[1:], bool)
     for channel in data:
-        low = channel.min()
-        fill = channel == low
+        fills = [channel == 0, channel == channel.min()]
+        fill = max(fills, key=lambda f: f.mean())
         fg |= ~fill if fill.mean() >= min_fill else True
     return fg
 
