@@ -154,7 +154,10 @@ class MedCondDiffConfig:
         if unknown:
             raise WeightsError(f"{source}: unknown field(s) {', '.join(unknown)}; accepted: {', '.join(sorted(names))}")
         if missing:
-            raise WeightsError(f"{source}: missing field(s) {', '.join(missing)}")
+            raise WeightsError(
+                f"{source}: missing field(s) {', '.join(missing)}; accepted: a config.json with every field "
+                "(as save_model writes it)"
+            )
         try:
             return cls(**data)
         except (WeightsError, TypeError) as err:
@@ -166,7 +169,11 @@ class MedCondDiffConfig:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise WeightsError(f"{path}: config.json not found") from None
+            raise WeightsError(
+                f"{path}: config.json not found; accepted: a folder with config.json and model.safetensors"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise WeightsError(f"{path}: not valid JSON ({err})") from None
+            raise WeightsError(
+                f"{path}: not valid JSON ({err}); accepted: the config.json saved with the weights"
+            ) from None
         return cls.from_dict(data, source=str(path))

@@ -136,11 +136,15 @@ def load_folder(folder: Path, *, device: str | torch.device = "cpu") -> torch.nn
     if not weights.is_file():
         others = sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
         hint = f" (found {', '.join(others)}: pickled weights are never loaded)" if others else ""
-        raise WeightsError(f"{folder}: {WEIGHTS_NAME} not found{hint}")
+        raise WeightsError(
+            f"{folder}: {WEIGHTS_NAME} not found{hint}; accepted: a folder with {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
-        raise WeightsError(f"{weights}: not a valid safetensors file ({err})") from None
+        raise WeightsError(
+            f"{weights}: not a valid safetensors file ({_one_line(err)}); accepted: weights written by save_model"
+        ) from None
     if config.fusion != "none":
         import timm
 
@@ -167,7 +171,10 @@ def load_folder(folder: Path, *, device: str | torch.device = "cpu") -> torch.nn
             parts.append(
                 f"{len(wrong)} with the wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
             )
-        raise WeightsError(f"{weights}: does not match its config.json: " + "; ".join(parts))
+        raise WeightsError(
+            f"{weights}: does not match its config.json: " + "; ".join(parts) + "; accepted: the "
+            f"{WEIGHTS_NAME} saved together with this {CONFIG_NAME}"
+        )
     model.load_state_dict(state, strict=True)  # copies and upcasts fp16 storage to the model's fp32
     return model.to(device).eval()
 
