@@ -61,18 +61,22 @@ from medconddiff.pipeline import (  # noqa: E402
 )
 from medconddiff.sampler import MaskScheduler, sample_loop  # noqa: E402
 
-EXAMPLE_SLICE = [
-    REPO / "assets/examples/brats_pat0003_z080_flair.png",
-    REPO / "assets/examples/brats_pat0003_z080_t1c.png",
-]
-VOLUME_CASE = REPO.parent / "shared/data/brats2015/validation/brats_2013_pat0003_1"
-VOLUME_FILES = ["Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"]
-EXAMPLE_SLICES = ["brats_pat0003_z080", "brats_pat0003_z088", "brats_pat0004_z096"]  # + _flair.png, _t1c.png
-VALIDATION_CASES = REPO.parent / "shared/data/brats2015/validation"
-EXAMPLE_SLAB = [
-    REPO / "assets/examples/brats_pat0004_slab_flair.nii.gz",
-    REPO / "assets/examples/brats_pat0004_slab_t1c.nii.gz",
-]
+EXAMPLE_NAMES_MRI = ("brats_pat0003_z080", "brats_pat0003_z088", "brats_pat0004_z096")
+BRATS_FILES = ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz")
+EXAMPLES = REPO / "assets/examples"
+SHARED = REPO.parent / "shared/data"
+# Real inputs by channel count: 2 = BraTS FLAIR + T1c (the default config), 1 = abdominal CT.
+EXAMPLE_SLICES = {
+    2: [[EXAMPLES / f"{n}_flair.png", EXAMPLES / f"{n}_t1c.png"] for n in EXAMPLE_NAMES_MRI],
+    1: [[EXAMPLES / f"{n}.png"] for n in ("ct_z088", "ct_z096")],
+}
+VOLUMES = {  # the volume for the slices-per-second figure, then fallbacks
+    2: [
+        [SHARED / "brats2015/validation/brats_2013_pat0003_1" / f for f in BRATS_FILES],
+        [EXAMPLES / "brats_pat0004_slab_flair.nii.gz", EXAMPLES / "brats_pat0004_slab_t1c.nii.gz"],
+    ],
+    1: [[SHARED / "abdomen-ct/ct.nii.gz"], [EXAMPLES / "ct_slab.nii.gz"]],
+}
 DDPM_STEPS = 1000
 HEADLINE_SIZE = 256
 ENSEMBLES = (1, 4, 8)
@@ -168,33 +172,37 @@ def memory_summary(mem: dict) -> str:
 # -- inputs and models ----------------------------------------------------------------------------
 
 
+def _short(path: Path) -> str:
+    return str(path.relative_to(REPO.parent)) if path.is_relative_to(REPO.parent) else str(path)
+
+
 def example_slice(channels: int) -> tuple[np.ndarray, str, str]:
     """A real slice as read from disk (C, H, W), its kind, and where it came from (synthetic if absent)."""
-    if channels == len(EXAMPLE_SLICE) and all(p.is_file() for p in EXAMPLE_SLICE):
-        scan = io.read_scan(EXAMPLE_SLICE)
-        return scan.data, scan.kind, "assets/examples/brats_pat0003_z080 (FLAIR, T1c PNG)"
+    for files in EXAMPLE_SLICES.get(channels, []):
+        if all(f.is_file() for f in files):
+            scan = io.read_scan(files)
+            return scan.data, scan.kind, " + ".join(f.name for f in files)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:240, :240]
     inside = (yy - 120) ** 2 + (xx - 110) ** 2 < 95**2  # a head-sized disc on empty background
     data = np.where(inside, rng.normal(1.0, 0.3, (channels, 240, 240)), 0.0).astype(np.float32)
-    return data, "nifti", "synthetic 240x240 disc (example slice not available)"
+    return data, "nifti", "synthetic 240x240 disc (no example slice for this channel count)"
 
 
 def example_volume(config: MedCondDiffConfig, slices: int) -> tuple[np.ndarray, str, str]:
     """A real volume (C, X, Y, Z) read as the command line reads it (`load_case`), cut or tiled to `slices`."""
-    if all(p.is_file() for p in (VOLUME_CASE / f for f in VOLUME_FILES)):
-        files, source = [VOLUME_CASE / f for f in VOLUME_FILES], f"{VOLUME_CASE.name} (../shared/data, FLAIR + T1c)"
-    elif all(p.is_file() for p in EXAMPLE_SLAB):
-        files, source = EXAMPLE_SLAB, "assets/examples/brats_pat0004_slab (FLAIR + T1c), tiled along z"
-    else:
-        raw, kind, src = example_slice(config.image_channels)
-        return np.repeat(raw[..., None], slices, axis=-1), kind, f"{src}, repeated along z"
-    scan = load_case(files, config)
-    data = scan.data
-    if data.shape[-1] < slices:
-        data = np.concatenate([data] * math.ceil(slices / data.shape[-1]), axis=-1)
-    start = (data.shape[-1] - slices) // 2  # the middle `slices` of the volume
-    return data[..., start : start + slices], scan.kind, source
+    for files in VOLUMES.get(config.image_channels, []):
+        if all(f.is_file() for f in files):
+            scan = load_case(files, config)
+            data = scan.data
+            source = " + ".join(_short(f) for f in files)
+            if data.shape[-1] < slices:
+                source += f" (tiled along z from {data.shape[-1]} slices)"
+                data = np.concatenate([data] * math.ceil(slices / data.shape[-1]), axis=-1)
+            start = (data.shape[-1] - slices) // 2  # the middle `slices` of the volume
+            return data[..., start : start + slices], scan.kind, source
+    raw, kind, src = example_slice(config.image_channels)
+    return np.repeat(raw[..., None], slices, axis=-1), kind, f"{src}, repeated along z"
 
 
 def model_grid(model, raw: np.ndarray, kind: str, device: torch.device) -> torch.Tensor:
@@ -440,22 +448,24 @@ def bench_volume(model, plan: Plan, perf: Perf, device: torch.device) -> dict:
 
 
 def real_slices(config: MedCondDiffConfig, per_volume: int) -> list[tuple[np.ndarray, str, str]]:
-    """Real (C, H, W) slices as read from disk, with their kind and name, for the precision check:
-    the example PNG slices, and `per_volume` evenly spaced brain slices of each validation volume."""
+    """Real (C, H, W) slices as read from disk, with kind and name, for the precision check: the example
+    slices, and `per_volume` evenly spaced slices with content from each real volume (first volume per kind)."""
     out = []
-    for name in EXAMPLE_SLICES:
-        files = [REPO / "assets/examples" / f"{name}_{m}.png" for m in ("flair", "t1c")]
-        if config.image_channels == 2 and all(f.is_file() for f in files):
-            out.append((io.read_scan(files).data, "image", name))
-    cases = sorted(VALIDATION_CASES.glob("*")) if VALIDATION_CASES.is_dir() else []
-    for case in cases:
-        files = [case / f for f in VOLUME_FILES]
-        if per_volume < 1 or config.image_channels != 2 or not all(f.is_file() for f in files):
+    for files in EXAMPLE_SLICES.get(config.image_channels, []):
+        if all(f.is_file() for f in files):
+            out.append((io.read_scan(files).data, "image", files[0].stem))
+    volumes = VOLUMES.get(config.image_channels, [])[:1]
+    if config.image_channels == 2:  # every BraTS validation case
+        volumes = [[case / f for f in BRATS_FILES] for case in sorted((SHARED / "brats2015/validation").glob("*"))]
+    for files in volumes:
+        if per_volume < 1 or not all(f.is_file() for f in files):
             continue
         vol = load_case(files, config).data
-        brain = [z for z in range(vol.shape[-1]) if (vol[..., z] != 0).mean() > 0.05]
-        for z in np.linspace(brain[0], brain[-1], per_volume).round().astype(int) if brain else []:
-            out.append((vol[..., z], "nifti", f"{case.name} z={z}"))
+        bg = io.background_value(config)
+        norm = [io.normalise(vol[..., z], config, kind="nifti") for z in range(vol.shape[-1])]
+        full = [z for z, n in enumerate(norm) if (np.abs(n - bg) > 1e-6).any(axis=0).mean() > 0.05]
+        for z in np.linspace(full[0], full[-1], per_volume).round().astype(int) if full else []:
+            out.append((vol[..., z], "nifti", f"{files[0].parent.name} z={z}"))
     return out
 
 
@@ -658,7 +668,7 @@ def run(args: argparse.Namespace) -> dict:
         result["notes"].append(
             f"{HEADLINE_SIZE} px not in --sizes: the headline keys (default_seconds_256, ratios) are measured at {headline} px"
         )
-    raw, kind, source = example_slice(MedCondDiffConfig().image_channels)
+    raw, kind, source = example_slice(MedCondDiffConfig().image_channels)  # 2 channels: BraTS
     result["inputs"] = {"slice": source}
     result["sizes"] = {}
     for size in sizes:
