@@ -8,6 +8,7 @@ files --io.read_scan--> Scan --io.normalise--> (C, H, W) or (C, X, Y, Z)
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -18,6 +19,8 @@ from . import io
 from .consensus import CONSENSUS, fuse
 from .errors import SettingsError
 from .sampler import MAX_ENSEMBLE, MAX_STEPS, StepRecord, sample_loop
+
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit value; larger ones overflow inside torch
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class SamplingSettings:
             raise SettingsError(f"unknown sampler {self.sampler!r}; accepted: ddim, ddpm")
         if self.consensus not in CONSENSUS:
             raise SettingsError(f"unknown consensus {self.consensus!r}; accepted: {', '.join(CONSENSUS)}")
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+            raise SettingsError(f"seed must be between 0 and {MAX_SEED} (a whole number), got {seed!r}")
 
     @classmethod
     def defaults_for(cls, config, **overrides) -> SamplingSettings:

@@ -217,9 +217,6 @@ def _k(name, build, error=None, fragments=(), shape=None, surfaces=ALL, xfail=()
     return Kind(name, build, error, tuple(fragments), shape, frozenset(surfaces), tuple(xfail))
 
 
-SEED_GAP = "pipeline.SamplingSettings does not check the seed: torch raises ValueError (Overflow) for >= 2**63"
-
-
 TEXT = b"patient: anonymous\nthis is a text file, not a scan\n" * 8
 
 KINDS: list[Kind] = [
@@ -700,7 +697,6 @@ KINDS: list[Kind] = [
         lambda d, w: Inputs(png_pair(d), cli_args=["--seed", str(2**70)], settings={"seed": 2**70}),
         SettingsError,
         ["seed must be between 0 and"],
-        xfail=[("library", SEED_GAP), ("app", SEED_GAP)],
     ),
     _k(
         "no_input_files",

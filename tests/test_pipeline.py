@@ -57,3 +57,7 @@ def test_settings_validation():
         SamplingSettings(ensemble=100)
     with pytest.raises(SettingsError, match="consensus"):
         SamplingSettings(consensus="median")
+    for seed in (-1, 2**63, 2**70, 1.5, "3", True):
+        with pytest.raises(SettingsError, match=r"seed must be between 0 and 9223372036854775807 \(a whole number\)"):
+            SamplingSettings(seed=seed)
+    assert SamplingSettings(seed=2**63 - 1).seed == 2**63 - 1 and SamplingSettings(seed=np.int64(5)).seed == 5
