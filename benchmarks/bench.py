@@ -12,25 +12,33 @@ Per image size (batch 1; random weights, or the --weights model where its size m
   every_step   the authors' structure: identical to `core` except that the backbone runs at every step
   ddpm1000     MedSegDiff-style: 1000 ancestral (DDPM) steps with the backbone at every step, no
                consensus; timed on the first N steps and extrapolated linearly to 1000 (said in the output)
-  memory       peak RSS (CPU) or max_memory_allocated / max_memory_reserved (CUDA) over one default run
-At the headline size (256): ensembles of E = 1, 4, 8 members in one batch vs E separate runs.
-For a volume: slices per second through `pipeline.load_case` + `pipeline.segment_volume` (the CLI path).
+  memory       peak RSS (CPU) or max_memory_allocated / max_memory_reserved (CUDA) over the default runs
+At the headline size (256): ensembles of E = 1, 4, 8 members in one batch vs E separate runs (both timed).
+For a volume (155 slices at the model's size): slices per second through the command line
+(`python -m medconddiff segment`, run in-process: read, load weights, segment, write).
+With --amp (default: bf16 on a CPU that has it, fp16 on CUDA): reduced-precision vs fp32 masks on
+real slices (Dice) and the speed ratio; the table itself runs at --precision (default fp32).
 
-Every time is a median over repeats after warm-up. Timings on shared machines are noisy: read the
-ratios, which compare runs taken minutes apart on the same machine.
+Every time is a median over repeats after warm-up. Timings on shared machines are noisy: the load
+average at the start and end is recorded, and a busy machine is flagged. `report.py` renders the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import importlib.util
 import json
 import math
 import os
 import platform
 import resource
+import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -44,7 +52,8 @@ REPO = Path(__file__).resolve().parent.parent
 if importlib.util.find_spec("medconddiff") is None:  # run as `python benchmarks/bench.py` from a checkout
     sys.path.insert(0, str(REPO))
 
-from medconddiff import io, metrics  # noqa: E402
+from medconddiff import __main__ as cli  # noqa: E402
+from medconddiff import hub, io, metrics, pipeline  # noqa: E402
 from medconddiff.config import MedCondDiffConfig  # noqa: E402
 from medconddiff.consensus import fuse  # noqa: E402
 from medconddiff.diffusion import probs_to_x0  # noqa: E402
@@ -80,6 +89,13 @@ VOLUMES = {  # the volume for the slices-per-second figure, then fallbacks
 DDPM_STEPS = 1000
 HEADLINE_SIZE = 256
 ENSEMBLES = (1, 4, 8)
+# Issue 5's targets, for a 2-core CPU at 256 px: key -> (comparison, bound).
+TARGETS = {
+    "default_seconds_256": ("<=", 1.0),
+    "ratio_vs_backbone_every_step": (">=", 1.8),
+    "ratio_vs_ddpm1000": (">=", 100.0),
+    "ratio_ensemble4_vs_1": ("<=", 2.5),
+}
 
 
 # -- timing and memory ----------------------------------------------------------------------------
@@ -199,6 +215,8 @@ def example_volume(config: MedCondDiffConfig, slices: int) -> tuple[np.ndarray, 
             if data.shape[-1] < slices:
                 source += f" (tiled along z from {data.shape[-1]} slices)"
                 data = np.concatenate([data] * math.ceil(slices / data.shape[-1]), axis=-1)
+            if data.shape[-1] > slices:
+                source += f" (the middle {slices} of {data.shape[-1]} slices)"
             start = (data.shape[-1] - slices) // 2  # the middle `slices` of the volume
             return data[..., start : start + slices], scan.kind, source
     raw, kind, src = example_slice(config.image_channels)
@@ -390,57 +408,122 @@ def bench_size(model, origin: str, raw: np.ndarray, kind: str, plan: Plan, perf:
 
 
 def bench_ensemble(model, raw: np.ndarray, kind: str, plan: Plan, perf: Perf, device: torch.device) -> dict:
-    """E members sampled as one batch sharing one `cond`, vs E separate single-member runs."""
+    """E members sampled as one batch sharing one `cond`, vs E separate single-member runs (both timed).
+
+    The separate runs are E calls of the pipeline with one member each (seeds seed..seed+E-1): the
+    naive way to get E samples, re-running the backbone for each.
+    """
     base = SamplingSettings.defaults_for(model.config)
     out: dict = {}
+
+    def segment(settings: SamplingSettings) -> None:
+        segment_image(model, raw, settings, kind=kind, keep_trajectory=False, **perf.pipeline_kwargs())
+
     for e in ENSEMBLES:
         settings = replace(base, ensemble=e)
         with PeakMemory(device) as mem:
-            times = measure(
-                lambda s=settings: segment_image(
-                    model, raw, s, kind=kind, keep_trajectory=False, **perf.pipeline_kwargs()
-                ),
-                device=device,
-                warmup=plan.warmup,
-                repeats=plan.runs,
+            times = measure(lambda s=settings: segment(s), device=device, warmup=plan.warmup, repeats=plan.runs)
+        row = {"one_batch": _stats(times), "memory": mem.result}
+        if e > 1:  # the single-member shapes are warm from E = 1
+            seeds = [replace(base, seed=base.seed + m) for m in range(e)]
+            separate = measure(
+                lambda seeds=seeds: [segment(s) for s in seeds], device=device, warmup=0, repeats=plan.runs
             )
-        out[str(e)] = {"one_batch": _stats(times), "memory": mem.result}
+            row["separate_runs"] = _stats(separate)
+        out[str(e)] = row
+    out["1"]["separate_runs"] = out["1"]["one_batch"]  # one member: the same run
     single = out["1"]["one_batch"]["median"]
     for e in ENSEMBLES:
         row = out[str(e)]
-        row["separate_runs_s"] = e * single  # E independent runs of identical cost: E x the measured single run
         row["ratio_vs_1"] = row["one_batch"]["median"] / single
-        row["speedup_vs_separate"] = row["separate_runs_s"] / row["one_batch"]["median"]
+        row["speedup_vs_separate"] = row["separate_runs"]["median"] / row["one_batch"]["median"]
     return out
 
 
-def bench_volume(model, plan: Plan, perf: Perf, device: torch.device) -> dict:
-    """Slices per second through the command line's path (load_case + segment_volume, batched)."""
-    volume, kind, source = example_volume(model.config, plan.volume_slices)
-    settings = SamplingSettings.defaults_for(model.config)
-    warm = volume[..., volume.shape[-1] // 2 - plan.volume_batch // 2 :][..., : plan.volume_batch]
-    kwargs = perf.pipeline_kwargs()
-    segment_volume(model, warm, settings, kind=kind, batch_size=plan.volume_batch, **kwargs)  # warm-up: one batch
-    bg = io.background_value(model.config)
-    active = sum(
-        bool((np.abs(io.normalise(volume[..., z], model.config, kind=kind) - bg) > 1e-6).any())
-        for z in range(volume.shape[-1])
-    )
-    with PeakMemory(device) as mem:
-        _sync(device)
-        start = time.perf_counter()
-        segment_volume(model, volume, settings, kind=kind, batch_size=plan.volume_batch, **kwargs)
-        _sync(device)
-        seconds = time.perf_counter() - start
-    z = volume.shape[-1]
+def volume_files(config: MedCondDiffConfig, slices: int, folder: Path) -> tuple[list[Path], str, int]:
+    """NIfTI file(s) of a real volume with `slices` slices, one per modality, and where they came from.
+
+    The volume's own files when it has exactly that many slices; else its middle `slices` (or the volume
+    tiled along z) written to `folder` with the source affine.
+    """
+    import nibabel as nib
+
+    for files in VOLUMES.get(config.image_channels, []):
+        if all(f.is_file() for f in files) and nib.load(files[0]).shape[2:3] == (slices,):
+            return list(files), " + ".join(_short(f) for f in files), slices
+    data, _, source = example_volume(config, slices)
+    affine = np.eye(4)
+    for files in VOLUMES.get(config.image_channels, []):
+        if all(f.is_file() for f in files):
+            affine = nib.load(files[0]).affine
+            break
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for c in range(data.shape[0]):
+        path = folder / f"volume_ch{c}.nii.gz"
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(data[c], dtype=np.float32), affine), str(path))
+        out.append(path)
+    return out, source, data.shape[-1]
+
+
+def bench_volume(model, spec: str | None, plan: Plan, device: torch.device) -> dict:
+    """Slices per second through the command line, in-process: `python -m medconddiff segment VOLUME -o OUT`.
+
+    The command reads the NIfTI file(s), loads the weights (`spec`, or `model` saved to a temp folder),
+    segments slice by slice in batches (`segment_volume`) and writes the label map. One batch through
+    `segment_volume` first warms the kernels up; the command is then timed once, as a whole and its
+    `segment_volume` call alone. The command line runs at its defaults (auto layout, fp32).
+    """
+    config = model.config
+    with tempfile.TemporaryDirectory(prefix="medconddiff-bench-") as tmp:
+        tmp = Path(tmp)
+        files, source, z = volume_files(config, plan.volume_slices, tmp / "input")
+        weights = spec if spec is not None else str(hub.save_model(model, tmp / "weights"))
+        scan = load_case(files, config)
+        settings = SamplingSettings.defaults_for(config)
+        mid = scan.data.shape[-1] // 2
+        warm = scan.data[..., max(0, mid - plan.volume_batch // 2) :][..., : plan.volume_batch]
+        segment_volume(model, warm, settings, kind=scan.kind, batch_size=plan.volume_batch)
+        bg = io.background_value(config)
+        active = sum(
+            bool((np.abs(io.normalise(scan.data[..., k], config, kind=scan.kind) - bg) > 1e-6).any()) for k in range(z)
+        )
+        inner: dict[str, float] = {}
+        original = pipeline.segment_volume
+
+        def timed_segment_volume(*args, **kwargs):
+            start = time.perf_counter()
+            out = original(*args, **kwargs)
+            _sync(device)
+            inner["seconds"] = time.perf_counter() - start
+            return out
+
+        out_path = tmp / "mask.nii.gz"
+        argv = ["segment", *map(str, files), "-o", str(out_path), "--weights", weights, "--device", device.type]
+        argv += ["--batch-size", str(plan.volume_batch), "--quiet"]
+        pipeline.segment_volume = timed_segment_volume  # the command imports it from the module when it runs
+        try:
+            with PeakMemory(device) as mem, contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
+                _sync(device)
+                start = time.perf_counter()
+                code = cli.main(argv)
+                _sync(device)
+                seconds = time.perf_counter() - start
+        finally:
+            pipeline.segment_volume = original
+        if code != 0 or not out_path.is_file() or "seconds" not in inner:
+            raise RuntimeError(f"the command line failed on the volume (exit {code}): python -m medconddiff {argv}")
     return {
         "source": source,
-        "size": model.config.image_size,
+        "command": "python -m medconddiff segment " + " ".join(a if a != str(out_path) else "OUT" for a in argv),
+        "size": config.image_size,
         "slices": z,
         "slices_with_content": active,  # pure-background slices skip the model
         "batch_size": plan.volume_batch,
         "seconds": seconds,
         "slices_per_second": z / seconds,
+        "segment_volume_seconds": inner["seconds"],
+        "segment_volume_slices_per_second": z / inner["seconds"],
         "seconds_for_155_slices": seconds * 155 / z,
         "extrapolated_to_155": z != 155,
         "memory": mem.result,
@@ -483,9 +566,11 @@ def mask_agreement(ref: list[np.ndarray], new: list[np.ndarray], num_classes: in
     }
 
 
-def precision_check(model, origin: str, perf: Perf, plan: Plan, per_volume: int, device: torch.device) -> dict:
-    """fp32 vs reduced-precision masks through the pipeline on real slices: Dice, and the speed ratio."""
-    fp32 = replace(perf, precision="fp32")
+def precision_check(
+    model, origin: str, precision: str, channels_last: bool, plan: Plan, per_volume: int, device: torch.device
+) -> dict:
+    """fp32 vs `precision` (bf16/fp16 autocast) masks through the pipeline on real slices: Dice, and the speed."""
+    fp32, low = Perf(channels_last, "fp32"), Perf(channels_last, precision)
     settings = SamplingSettings.defaults_for(model.config)
     slices = real_slices(model.config, per_volume)
     if not slices:
@@ -496,51 +581,102 @@ def precision_check(model, origin: str, perf: Perf, plan: Plan, per_volume: int,
         for start in range(0, len(group), plan.volume_batch):
             chunk = group[start : start + plan.volume_batch]
             ref += [r.labels for r in segment_slices(model, chunk, settings, kind=kind, **fp32.pipeline_kwargs())]
-            new += [r.labels for r in segment_slices(model, chunk, settings, kind=kind, **perf.pipeline_kwargs())]
+            new += [r.labels for r in segment_slices(model, chunk, settings, kind=kind, **low.pipeline_kwargs())]
     raw, kind, _ = slices[0]
-    times = {}
-    for p in (fp32, perf):
-        times[p.precision] = measure(
-            lambda p=p: segment_image(model, raw, settings, kind=kind, keep_trajectory=False, **p.pipeline_kwargs()),
-            device=device,
-            warmup=plan.warmup,
-            repeats=plan.runs,
-        )
+    runs = {p.precision: [] for p in (fp32, low)}
+    for p in (fp32, low):  # warm-up
+        segment_image(model, raw, settings, kind=kind, keep_trajectory=False, **p.pipeline_kwargs())
+    for _ in range(plan.runs):  # interleaved, so that a change in load hits both alike
+        for p in (fp32, low):
+            runs[p.precision] += measure(
+                lambda p=p: segment_image(
+                    model, raw, settings, kind=kind, keep_trajectory=False, **p.pipeline_kwargs()
+                ),
+                device=device,
+                warmup=0,
+                repeats=1,
+            )
     out = {
-        "precision": perf.precision,
+        "precision": precision,
         "device": device.type,
         "weights": origin,
         "size": model.config.image_size,
         "slices": len(slices),
         "slice_names": [name for _, _, name in slices],
-        "fp32_seconds": statistics.median(times["fp32"]),
-        "amp_seconds": statistics.median(times[perf.precision]),
+        "fp32_seconds": statistics.median(runs["fp32"]),
+        "amp_seconds": statistics.median(runs[precision]),
     }
     out["speedup"] = out["fp32_seconds"] / out["amp_seconds"]
     return out | mask_agreement(ref, new, model.config.num_classes)
 
 
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+    except OSError:
+        return None
+    return (out.stdout.strip() + ("+dirty" if dirty.strip() else "")) if out.returncode == 0 else None
+
+
 def machine(device: torch.device) -> dict:
+    """What the figures were taken on: CPU, cores, threads, torch, load average, GPU (if any)."""
     info = {
         "device": device.type,
         "torch": torch.__version__,
+        "python": platform.python_version(),
         "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "cpu_count": os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_bf16": bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "cuda_available": torch.cuda.is_available(),
+        "commit": _git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 info["cpu"] = line.split(":", 1)[1].strip()
                 break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                info["memory_total_mb"] = int(line.split()[1]) // 1024
     except OSError:
         pass
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
     if hasattr(os, "getloadavg"):
-        info["loadavg_at_start"] = os.getloadavg()
+        info["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     return info
+
+
+def busy_note(info: dict) -> str | None:
+    """A note when the machine was not idle (1-minute load average over a quarter of the cores)."""
+    loads = [info.get("loadavg_at_start"), info.get("loadavg_at_end")]
+    worst = max((load[0] for load in loads if load), default=0.0)
+    cores = info.get("cores_available") or 1
+    if worst > 0.25 * cores:
+        return (
+            f"the machine was busy (1-minute load average up to {worst:.1f} on {cores} cores): "
+            "the times are inflated; take the final figures on an idle machine"
+        )
+    return None
+
+
+def targets(result: dict) -> dict:
+    """Issue 5's targets (2-core CPU, 256 px): value, bound, met; `applies` says if this run is that setting."""
+    out = {}
+    for key, (op, bound) in TARGETS.items():
+        value = result[key]
+        out[key] = {"value": value, "op": op, "bound": bound, "met": value <= bound if op == "<=" else value >= bound}
+    m = result["machine"]
+    applies = result["headline_size"] == HEADLINE_SIZE and m["device"] == "cpu" and not result["quick"]
+    return {"applies": applies, "setting": "2-core CPU, 256 px, default settings", "checks": out}
 
 
 def print_table(result: dict) -> None:
@@ -570,35 +706,41 @@ def print_table(result: dict) -> None:
     )
     ens = result.get("ensemble")
     if ens:
-        print(f"\nensemble at {result['headline_size']} px (one batch sharing one cond vs E separate runs):")
+        print(
+            f"\nensemble at {result['headline_size']} px (one batch sharing one cond vs E separate runs, both timed):"
+        )
         print(f"{'E':>3} {'one batch s':>12} {'vs E=1':>7} {'E runs s':>9} {'speed-up':>9}  peak memory")
         for e, r in ens.items():
             print(
-                f"{e:>3} {r['one_batch']['median']:>12.3f} {r['ratio_vs_1']:>7.2f} {r['separate_runs_s']:>9.3f} "
+                f"{e:>3} {r['one_batch']['median']:>12.3f} {r['ratio_vs_1']:>7.2f} {r['separate_runs']['median']:>9.3f} "
                 f"{r['speedup_vs_separate']:>9.2f}  {memory_summary(r['memory'])}"
             )
     vol = result.get("volume")
     if vol:
         extra = f" (timed on {vol['slices']}, scaled to 155)" if vol["extrapolated_to_155"] else ""
         print(
-            f"\nvolume: {vol['slices']} slices ({vol['slices_with_content']} with content) at {vol['size']} px, batch "
-            f"{vol['batch_size']}: {vol['seconds']:.1f} s, {vol['slices_per_second']:.2f} slices/s; "
+            f"\nvolume through the command line: {vol['slices']} slices ({vol['slices_with_content']} with content) "
+            f"at {vol['size']} px, batch {vol['batch_size']}, {vol['weights']} weights: {vol['seconds']:.1f} s, "
+            f"{vol['slices_per_second']:.2f} slices/s (segment_volume alone {vol['segment_volume_slices_per_second']:.2f}); "
             f"155 slices: {vol['seconds_for_155_slices']:.1f} s{extra}; {memory_summary(vol['memory'])}"
         )
     pc = result.get("precision_check")
     if pc and "skipped" not in pc:
-        label = "CPU bf16 stand-in" if pc["device"] == "cpu" else pc["device"]
         print(
-            f"\n{pc['precision']} vs fp32 ({label}, {pc['weights']} weights, {pc['size']} px, {pc['slices']} real "
+            f"\n{pc['precision']} vs fp32 on {pc['device']} ({pc['weights']} weights, {pc['size']} px, {pc['slices']} real "
             f"slices): mask Dice min over classes {pc['dice_min']:.4f}, foreground {pc['dice_foreground']:.4f}, "
             f"pixels equal {pc['pixels_equal']:.4f}; speed x{pc['speedup']:.2f} "
             f"({pc['fp32_seconds']:.3f} s -> {pc['amp_seconds']:.3f} s per slice)"
         )
     elif pc:
         print(f"\nprecision check skipped: {pc['skipped']}")
-    print(f"\nheadline ({result['headline_size']} px):")
-    for key in ("default_seconds_256", "ratio_vs_backbone_every_step", "ratio_vs_ddpm1000", "ratio_ensemble4_vs_1"):
-        print(f"  {key:<30} {result[key]:.3f}")
+    t = result["targets"]
+    print(
+        f"\nheadline ({result['headline_size']} px); targets for a {t['setting']}"
+        + ("" if t["applies"] else " (do not apply to this run)")
+    )
+    for key, c in t["checks"].items():
+        print(f"  {key:<30} {c['value']:10.3f}   target {c['op']} {c['bound']:<6g} {'met' if c['met'] else 'NOT MET'}")
     for note in result["notes"]:
         print(f"note: {note}")
 
@@ -622,15 +764,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--channels-last", choices=["auto", "on", "off"], default="auto", help="layout (auto: the pipeline's choice)"
     )
     ap.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="autocast for the whole table (default fp32)",
+    )
+    ap.add_argument(
         "--amp",
-        choices=["bf16", "fp16"],
-        default=None,
-        help="run everything under autocast at this precision, and check its masks against fp32 (Dice)",
+        choices=["auto", "none", "bf16", "fp16"],
+        default="auto",
+        help="check this precision's masks against fp32 on real slices (Dice) and its speed; auto: fp16 on CUDA, "
+        "bf16 on a CPU with native bf16, else none (and none with --quick)",
     )
     ap.add_argument(
         "--dice-slices", type=int, default=None, help="slices per validation volume for the --amp check (default 16)"
     )
     return ap.parse_args(argv)
+
+
+def amp_choice(args: argparse.Namespace, device: torch.device, info: dict) -> str | None:
+    if args.amp != "auto":
+        return None if args.amp == "none" else args.amp
+    if args.quick:
+        return None
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if info["cpu_bf16"] else None
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -649,21 +808,22 @@ def run(args: argparse.Namespace) -> dict:
         volume_slices=args.volume_slices if args.volume_slices is not None else (4 if args.quick else 155),
         volume_batch=args.volume_batch,
     )
+    wall, cpu = time.perf_counter(), time.process_time()
     weights = None
     if args.weights:
-        from medconddiff.hub import load_model
-
-        weights = load_model(args.weights, device=device)
+        weights = hub.load_model(args.weights, device=device)
     headline = HEADLINE_SIZE if HEADLINE_SIZE in sizes else max(sizes)
     layout = {"auto": None, "on": True, "off": False}[args.channels_last]
-    perf = Perf(channels_last=use_channels_last(device, layout), precision=args.amp or "fp32")
+    perf = Perf(channels_last=use_channels_last(device, layout), precision=args.precision)
     result: dict = {
         "machine": machine(device),
         "plan": asdict(plan),
         "perf": asdict(perf),
         "quick": args.quick,
+        "weights_spec": args.weights,
         "notes": [],
     }
+    amp = amp_choice(args, device, result["machine"])
     if headline != HEADLINE_SIZE:
         result["notes"].append(
             f"{HEADLINE_SIZE} px not in --sizes: the headline keys (default_seconds_256, ratios) are measured at {headline} px"
@@ -687,16 +847,19 @@ def run(args: argparse.Namespace) -> dict:
             weights.config.image_size if weights is not None else min(sizes) if args.quick else 128
         )
         model, origin = build_model(vsize, weights, device)
-        print(f"volume at {vsize} ({origin} weights) ...", file=sys.stderr, flush=True)
-        result["volume"] = bench_volume(model, plan, perf, device) | {"weights": origin}
-    if args.amp:
+        spec = args.weights if origin == "shipped" else None
+        print(f"volume through the command line at {vsize} ({origin} weights) ...", file=sys.stderr, flush=True)
+        result["volume"] = bench_volume(model, spec, plan, device) | {"weights": origin}
+    if amp:
         psize = weights.config.image_size if weights is not None else min(sizes) if args.quick else 128
         model, origin = build_model(psize, weights, device)
-        print(f"{args.amp} vs fp32 masks at {psize} ({origin} weights) ...", file=sys.stderr, flush=True)
+        print(f"{amp} vs fp32 masks at {psize} ({origin} weights) ...", file=sys.stderr, flush=True)
         per_volume = args.dice_slices if args.dice_slices is not None else (1 if args.quick else 16)
-        result["precision_check"] = precision_check(model, origin, perf, plan, per_volume, device)
+        result["precision_check"] = precision_check(model, origin, amp, perf.channels_last, plan, per_volume, device)
         if origin == "random":
             result["notes"].append("the precision check ran on random weights: its Dice says little; pass --weights")
+    else:
+        result["precision_check"] = {"skipped": f"--amp {args.amp}" + (" (--quick)" if args.quick else "")}
     top = result["sizes"][str(headline)]
     result["headline_size"] = headline
     result["default_seconds_256"] = top["default"]["median"]
@@ -704,16 +867,24 @@ def run(args: argparse.Namespace) -> dict:
     result["ratio_vs_ddpm1000"] = top["ratio_vs_ddpm1000"]
     result["ratio_ensemble4_vs_1"] = result["ensemble"]["4"]["ratio_vs_1"]
     result["notes"].append(
-        f"ratio_vs_ddpm1000 is extrapolated from {plan.ddpm_steps} timed steps of {DDPM_STEPS} (linear in steps)"
+        f"ratio_vs_ddpm1000 is extrapolated from {plan.ddpm_steps} timed steps of {DDPM_STEPS} (each step costs the "
+        "same: backbone + denoiser + update, so the time is linear in steps)"
     )
     if hasattr(os, "getloadavg"):
-        result["machine"]["loadavg_at_end"] = os.getloadavg()
+        result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["machine"]["run_wall_seconds"] = round(time.perf_counter() - wall, 1)
+    result["machine"]["run_cpu_seconds"] = round(time.process_time() - cpu, 1)  # / wall: threads kept busy
+    note = busy_note(result["machine"])
+    if note:
+        result["notes"].append(note)
+    result["targets"] = targets(result)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    result = run(args)
+    result = {"command": "python benchmarks/bench.py " + shlex.join(argv)} | run(args)
     print_table(result)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
