@@ -33,6 +33,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import torch
+from gradio.data_classes import FileData, ListFiles
 from PIL import Image
 
 from medconddiff import hub, io, metrics, viz
@@ -295,20 +296,21 @@ def _save(picture: np.ndarray, path: Path, kind: str) -> str:
     return str(path)
 
 
-def _prune(folder: Path, *, max_age_s: float = 3600.0) -> None:
-    """Delete PNGs in `folder` older than `max_age_s` (previews and API masks are kept an hour)."""
-    now = time.time()
-    for old in folder.glob("*.png"):
-        with contextlib.suppress(OSError):
-            if now - old.stat().st_mtime > max_age_s:
-                old.unlink()
+@contextlib.contextmanager
+def _request_folder():
+    """A scratch folder for one request's output files, deleted as soon as the handler is done with it."""
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="request-", dir=RUNS_DIR) as folder:
+        yield Path(folder)
 
 
-def _scratch(name: str) -> Path:
-    folder = RUNS_DIR / name
-    folder.mkdir(parents=True, exist_ok=True)
-    _prune(folder)
-    return folder
+def _to_cache(component, path: Path) -> str:
+    """Copy an output file into Gradio's cache now, as Gradio would after the handler returns.
+
+    Gradio serves (and later deletes, see `delete_cache`) that copy; the caller deletes its own, so a
+    request leaves no file in the app's scratch folder.
+    """
+    return component.move_resource_to_block_cache(path)
 
 
 # -- one run, kept per session ----------------------------------------------------------------------
@@ -496,7 +498,8 @@ def _preview(case: Case, config: MedCondDiffConfig, ct_window: str | None) -> tu
     picture = _picture(case, config, ct_window)
     if case.truth is not None:
         picture = viz.overlay(picture, case.truth, viz.class_colours(config.num_classes), alpha=0.4)
-    path = _save(picture, Path(tempfile.mkstemp(suffix=".png", dir=_scratch("previews"))[1]), case.scan.kind)
+    with _request_folder() as folder:
+        path = _to_cache(preview, Path(_save(picture, folder / "preview.png", case.scan.kind)))
     shape = "x".join(map(str, case.scan.data.shape[1:]))
     names = ", ".join(f"{n}: `{Path(p).name}`" for n, p in zip(config.channel_names, case.paths, strict=False))
     where = f" · slice {case.z} of 0..{case.scan.data.shape[-1] - 1}" if case.z is not None else ""
@@ -672,9 +675,11 @@ def run_volume(
             ct_window=ct_window or model.config.ct_window,
             progress=lambda done, total: progress((done, total), desc=f"slice {done} of {total}", unit="slices"),
         )
-    out = Path(tempfile.mkdtemp(prefix="volume-", dir=_scratch("volumes"))) / f"mask_{settings.consensus}.nii.gz"
-    io.write_nifti_labels(res.labels, out, affine=case.scan.affine, header=case.scan.header)
-    return str(out), f"Segmented all {case.scan.data.shape[-1]} slices: the mask has the upload's shape and affine."
+    with _request_folder() as folder:
+        out = folder / f"mask_{settings.consensus}.nii.gz"
+        io.write_nifti_labels(res.labels, out, affine=case.scan.affine, header=case.scan.header)
+        path = _to_cache(volume_file, out)
+    return path, f"Segmented all {case.scan.data.shape[-1]} slices: the mask has the upload's shape and affine."
 
 
 @gpu
@@ -698,8 +703,9 @@ def segment_api(files, model: str, steps: int, ensemble: int, consensus: str, se
         for item in iter_segment_slices(mdl, [case.raw], settings, kind=case.scan.kind):
             result = item  # the last item is the list of results
     labels = result[0].labels
-    out = Path(tempfile.mkstemp(prefix="mask-", suffix=".png", dir=_scratch("api"))[1])
-    io.write_png_labels(labels, out)
+    with _request_folder() as folder:
+        io.write_png_labels(labels, folder / "mask.png")
+        mask = _to_cache(api_mask, folder / "mask.png")
     summary = {
         "shape": list(labels.shape),
         "classes": list(config.class_names),
@@ -714,7 +720,7 @@ def segment_api(files, model: str, steps: int, ensemble: int, consensus: str, se
         "mean_agreement": round(float(result[0].agreement.mean()), 4),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    return str(out), summary
+    return mask, summary
 
 
 # -- About ------------------------------------------------------------------------------------------
@@ -804,6 +810,26 @@ _CFG = peek_config(_INITIAL or "") or MedCondDiffConfig()
 _FILE_TYPES = [*io.IMAGE_SUFFIXES, *io.NIFTI_SUFFIXES, ".gz"]
 
 
+def _paths_only(upload: gr.File) -> gr.File:
+    """`upload` hands its handler the uploaded files' paths, as `type="filepath"` does, and leaves no stray file.
+
+    gradio 6.31's `File.preprocess` also creates an empty `NamedTemporaryFile(delete=False)` in the
+    cache for every uploaded file and never uses or deletes it. A `gr.File` subclass would fix that
+    too, but Gradio writes a `.pyi` stub beside the source of every component subclass (app.pyi
+    here), so this instance's own `preprocess` is replaced instead. File types are checked by the
+    browser and, whatever the client, by the library when it reads the file.
+    """
+
+    def preprocess(payload: ListFiles | FileData | None) -> str | list[str] | None:
+        if payload is None:
+            return None
+        paths = [f.path for f in (payload.root if isinstance(payload, ListFiles) else [payload])]
+        return paths[0] if upload.file_count == "single" else paths
+
+    upload.preprocess = preprocess
+    return upload
+
+
 def _image(label: str, elem_id: str, **kwargs) -> gr.Image:
     return gr.Image(label=label, type="filepath", format="png", interactive=False, elem_id=elem_id, **kwargs)
 
@@ -833,23 +859,27 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
                         elem_id="examples",
                     )
                     gr.Markdown(EXAMPLES_ATTRIBUTION, elem_classes=["mcd-small"])
-                    files = gr.File(
-                        label=f"Image(s), one per modality: PNG/JPG or NIfTI (.nii, .nii.gz), at most {MAX_FILE_SIZE.upper()} each",
-                        file_count="multiple",
-                        file_types=_FILE_TYPES,
-                        height=130,
-                        elem_id="files",
+                    files = _paths_only(
+                        gr.File(
+                            label=f"Image(s), one per modality: PNG/JPG or NIfTI (.nii, .nii.gz), at most {MAX_FILE_SIZE.upper()} each",
+                            file_count="multiple",
+                            file_types=_FILE_TYPES,
+                            height=130,
+                            elem_id="files",
+                        )
                     )
                     with gr.Row():
                         pickers = [gr.Dropdown(visible=False, elem_id=f"modality-{c}") for c in range(MAX_CHANNELS)]
                     slice_slider = gr.Slider(
                         0, 1, value=0, step=1, label="Slice", visible=False, elem_id="slice-slider"
                     )
-                    truth_file = gr.File(
-                        label="Ground-truth mask (optional): PNG of class indices, or NIfTI on the same grid",
-                        file_types=_FILE_TYPES,
-                        height=100,
-                        elem_id="truth",
+                    truth_file = _paths_only(
+                        gr.File(
+                            label="Ground-truth mask (optional): PNG of class indices, or NIfTI on the same grid",
+                            file_types=_FILE_TYPES,
+                            height=100,
+                            elem_id="truth",
+                        )
                     )
                     preview = _image("input slice", "preview", height=280)
                     input_info = gr.Markdown("", elem_id="input-info")
@@ -925,7 +955,7 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
             about = gr.Markdown(about_markdown(_INITIAL or ""), elem_id="about")
 
     with gr.Row(visible=False):  # the API's own components: see `segment_api`
-        api_files = gr.File(file_count="multiple")
+        api_files = _paths_only(gr.File(file_count="multiple"))
         api_model = gr.Textbox()
         api_steps = gr.Number(0, precision=0)
         api_ensemble = gr.Number(0, precision=0)

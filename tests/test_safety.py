@@ -263,21 +263,12 @@ def test_repeated_uploads_are_cached_once(server):
     assert len(after) == len(before) == len(PAIR)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gradio 6.31 gr.File(type='filepath').preprocess creates an unused NamedTemporaryFile(delete=False) "
-    "in the cache for every uploaded file; delete_cache never removes it (app.py needs a workaround)",
-)
 def test_no_stray_files_in_gradio_temp_after_requests(server):
     _segment(server, 2)
     stray = [p for p in server.gradio_tmp.iterdir() if p.is_file()]
     assert stray == [], f"{len(stray)} stray file(s), e.g. {stray[:3]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py keeps each API mask in <tmp>/medconddiff-demo/api for an hour after Gradio has copied it",
-)
 def test_app_scratch_holds_no_request_files_after_requests(server):
     _segment(server, 2)
     left = [p for p in server.tmp.rglob("*") if p.is_file() and "thumbs-" not in str(p)]
