@@ -1,6 +1,7 @@
 """MedCondDiff demo: segment a scan with a conditional diffusion model and watch every step.
 
-    python app.py [--host 127.0.0.1] [--port 7860]        (GRADIO_SERVER_NAME / _PORT also work)
+    python app.py [--host 127.0.0.1] [--port 7860] [--custom-weights auto|on|off]
+    (GRADIO_SERVER_NAME / _PORT and MEDCONDDIFF_CUSTOM_WEIGHTS also work)
 
 This file wires Gradio components to library calls and holds no maths: files and sampling go
 through `medconddiff.pipeline`, weights through `medconddiff.hub`, pictures through
@@ -21,6 +22,7 @@ except ImportError:  # the demo runs without the package
 import argparse
 import contextlib
 import functools
+import ipaddress
 import json
 import os
 import re
@@ -39,7 +41,7 @@ from PIL import Image
 from medconddiff import hub, io, metrics, viz
 from medconddiff.config import MedCondDiffConfig
 from medconddiff.consensus import CONSENSUS
-from medconddiff.errors import InputError, MedCondDiffError, SettingsError
+from medconddiff.errors import InputError, MedCondDiffError, SettingsError, WeightsError
 from medconddiff.pipeline import (
     Result,
     SamplingSettings,
@@ -86,14 +88,55 @@ def user_errors():
 # -- models -----------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
+CUSTOM_WEIGHTS_MODES = ("auto", "on", "off")
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # 0.0.0.0-style wildcards are addresses; any other host name may be reachable from outside
+        return False
+
+
+def custom_weights_allowed(host: str | None = None) -> bool:
+    """Whether this server loads weights it does not offer: a Hub repo id or a folder, from the text box or the API.
+
+    MEDCONDDIFF_CUSTOM_WEIGHTS (or `--custom-weights`) is on, off or auto (the default): on only when
+    the server listens on a loopback address (`host`, else the one it was launched on) and is not a
+    Hugging Face Space (SPACE_ID unset). Otherwise anyone who reaches the server could make it read
+    its folders or download any Hub repo. An unknown value counts as off.
+    """
+    mode = os.environ.get("MEDCONDDIFF_CUSTOM_WEIGHTS", "").strip().lower() or "auto"
+    if mode != "auto":
+        return mode == "on"
+    host = host or getattr(demo, "server_name", None) or launch_kwargs()["server_name"]
+    return _is_loopback(host) and not os.environ.get("SPACE_ID")
+
+
+def _default_spec() -> str:
+    return os.environ.get("MEDCONDDIFF_WEIGHTS", "").strip() or hub.DEFAULT_WEIGHTS
+
+
+@functools.lru_cache(maxsize=3)  # bounded: custom weights must not grow the server's memory without end
 def _load(spec: str):
-    return hub.load_model(spec or None, device=DEVICE)
+    return hub.load_model(spec, device=DEVICE)
 
 
 def get_model(spec: str | None):
-    """The model for a weights spec ("" = MEDCONDDIFF_WEIGHTS or the bundled default), loaded once per process."""
-    return _load((spec or "").strip())
+    """The model for a weights spec ("" = MEDCONDDIFF_WEIGHTS or the bundled default), loaded once per process.
+
+    Only the offered models (`model_choices`) load unless `custom_weights_allowed()`.
+    """
+    spec = (spec or "").strip()
+    if spec and spec not in model_choices() and not custom_weights_allowed():
+        raise WeightsError(
+            f"custom weights are disabled on this server ({spec!r} is not one of its models); "
+            f"accepted: {', '.join(model_choices())}"
+        )
+    return _load(spec or _default_spec())
 
 
 def model_choices() -> list[str]:
@@ -458,11 +501,23 @@ def _exports(run: Run) -> list[str]:
 
 def model_summary(spec: str, model) -> str:
     c = model.config
-    name = spec or os.environ.get("MEDCONDDIFF_WEIGHTS") or hub.DEFAULT_WEIGHTS
+    name = spec or _default_spec()
     return (
         f"**{name}** · {', '.join(c.channel_names)} · {c.modality.upper()} · {c.num_classes} classes · "
         f"{c.image_size} px · {model.parameter_counts()['total'] / 1e6:.1f} M parameters · on {DEVICE.type.upper()}"
     )
+
+
+CUSTOM_WEIGHTS_OFF = (
+    "_Other weights (a Hub repo id or a local folder) are disabled on this server; it offers the models above. "
+    "Whoever runs it can allow them with `python app.py --custom-weights on`._"
+)
+
+
+def on_page():
+    """A new page: the text box for other weights where this server allows them, else a note saying why not."""
+    allowed = custom_weights_allowed()
+    return gr.Row(visible=allowed), gr.Markdown(visible=not allowed)
 
 
 def on_model(choice: str | None, custom: str | None):
@@ -689,7 +744,8 @@ def segment_api(files, model: str, steps: int, ensemble: int, consensus: str, se
     Returns (mask, summary): `mask` a PNG whose pixel values are class indices on the input's grid
     (for NIfTI, the array slice: rows follow the first voxel axis); `summary` a dict with "shape"
     [H, W], "classes" (names), "areas" (pixels per class), "slice" and the settings used.
-    model "" is the default weights; steps or ensemble 0 and consensus "" the model's defaults.
+    model "" is the default weights, else one of the offered models (other weights only where
+    `custom_weights_allowed()`); steps or ensemble 0 and consensus "" the model's defaults.
     `slice_index` is optional (gradio_client fills in -1 when it is left out).
     """
     started = time.perf_counter()
@@ -711,7 +767,7 @@ def segment_api(files, model: str, steps: int, ensemble: int, consensus: str, se
         "classes": list(config.class_names),
         "areas": [int(a) for a in viz.class_areas(labels, config.num_classes)],
         "slice": case.z,
-        "model": spec or os.environ.get("MEDCONDDIFF_WEIGHTS") or hub.DEFAULT_WEIGHTS,
+        "model": spec or _default_spec(),
         "steps": settings.steps,
         "ensemble": settings.ensemble,
         "sampler": settings.sampler,
@@ -886,7 +942,7 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
                 with gr.Column(scale=2):
                     gr.Markdown("### 2. Model and sampling")
                     model_dd = gr.Dropdown(model_choices(), value=_INITIAL, label="Model", elem_id="model")
-                    with gr.Row():
+                    with gr.Row(visible=False) as custom_row:  # shown on page load where custom weights are allowed
                         model_box = gr.Textbox(
                             label="…or a Hub repo id (owner/name[@revision]) or a local weights folder",
                             placeholder="owner/name",
@@ -894,6 +950,7 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
                             elem_id="model-box",
                         )
                         load_btn = gr.Button("Load", scale=1, elem_id="load-btn")
+                    custom_note = gr.Markdown(CUSTOM_WEIGHTS_OFF, visible=False, elem_id="custom-note")
                     model_info = gr.Markdown(elem_id="model-info")
                     ct_window = gr.Dropdown(
                         list(io.CT_WINDOWS),
@@ -974,6 +1031,7 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
     view_in = [*files_in, slice_slider, *pickers]
     settings_in = [steps, sampler, ensemble, consensus, seed]
 
+    demo.load(on_page, None, [custom_row, custom_note], **ui)
     demo.load(on_model, model_in, model_out, show_progress_on=[model_info], **ui)
     # dropdowns use .select: Gradio 6.31 fires a dropdown's .input twice per pick, .select once
     for event in (model_dd.select, model_box.submit, load_btn.click):
@@ -1057,12 +1115,28 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="MedCondDiff Gradio demo (no network needed)")
     ap.add_argument("--host", default=None, help="address to serve on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     ap.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
+    ap.add_argument(
+        "--custom-weights",
+        choices=CUSTOM_WEIGHTS_MODES,
+        default=None,
+        help="load weights other than the offered models (Hub repo ids, local folders) for the UI and API: on, off, "
+        "or auto = only when serving on a loopback address and not on a Hugging Face Space "
+        "(default: MEDCONDDIFF_CUSTOM_WEIGHTS or auto)",
+    )
     args = ap.parse_args(argv)
+    if args.custom_weights:
+        os.environ["MEDCONDDIFF_CUSTOM_WEIGHTS"] = args.custom_weights  # the handlers read the setting from there
+    mode = os.environ.get("MEDCONDDIFF_CUSTOM_WEIGHTS", "").strip().lower() or "auto"
+    if mode not in CUSTOM_WEIGHTS_MODES:
+        ap.error(f"MEDCONDDIFF_CUSTOM_WEIGHTS={mode!r} is not a mode; accepted: {', '.join(CUSTOM_WEIGHTS_MODES)}")
+    kwargs = launch_kwargs(host=args.host, port=args.port)
+    allowed = custom_weights_allowed(kwargs["server_name"])
+    print(f"custom weights (Hub repo ids, local folders): {'allowed' if allowed else 'disabled'} ({mode})")
     try:
         get_model(_INITIAL or "")  # load the default weights before the first request
     except MedCondDiffError as err:
         print(f"warning: the default weights did not load: {err}")
-    demo.launch(**launch_kwargs(host=args.host, port=args.port))
+    demo.launch(**kwargs)
 
 
 if __name__ == "__main__":

@@ -345,6 +345,51 @@ def test_bad_weights_give_clear_errors(app, tmp_path, monkeypatch):
         app.on_model(None, "nobody/no-such-model")
 
 
+def test_custom_weights_follow_the_server_setting(app, tiny_weights, tmp_path, monkeypatch):
+    """off: only the offered models load, the error lists them; on: a local folder loads via the Hub loader."""
+    import shutil
+
+    import gradio as gr
+
+    folder = str(shutil.copytree(tiny_weights, tmp_path / "custom"))
+    offered = app.model_choices()
+    monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "off")
+    accepted = f"custom weights are disabled on this server ('{folder}' is not one of its models); accepted: "
+    for call in (lambda: app.on_model(None, folder), lambda: app.segment_api([str(BRATS_PNG[0])], folder, 2, 1, "", 0)):
+        with pytest.raises(gr.Error, match=re.escape(accepted + ", ".join(offered))):
+            call()
+    assert app.on_model(offered[0], "")[0].startswith(f"**{offered[0]}**")  # offered models still load
+    row, note = app.on_page()
+    assert not _get(row, "visible") and _get(note, "visible") and "--custom-weights on" in app.CUSTOM_WEIGHTS_OFF
+
+    loads = []
+    real_load = app.hub.load_model
+    monkeypatch.setattr(app.hub, "load_model", lambda spec, **kw: loads.append(spec) or real_load(spec, **kw))
+    monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "on")
+    summary = app.on_model(None, folder)[0]
+    assert loads == [folder] and summary.startswith(f"**{folder}**") and "64 px" in summary
+    assert app.get_model(folder) is app.get_model(folder) and loads == [folder]  # loaded once, then cached
+    assert _get(app.on_page()[0], "visible")
+    assert app._load.cache_info().maxsize == 3  # custom loads cannot grow memory without bound
+
+
+def test_custom_weights_auto_only_on_loopback_and_off_spaces(app, monkeypatch):
+    monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "auto")
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    for host in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"):
+        assert app.custom_weights_allowed(host), host
+    for host in ("0.0.0.0", "::", "192.168.1.20", "example.org"):
+        assert not app.custom_weights_allowed(host), host
+    monkeypatch.setenv("SPACE_ID", "someone/medconddiff")
+    assert not app.custom_weights_allowed("127.0.0.1")
+    monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "on")
+    assert app.custom_weights_allowed("0.0.0.0")
+    monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "sometimes")  # unknown: off
+    assert not app.custom_weights_allowed("127.0.0.1")
+    with pytest.raises(SystemExit):
+        app.main(["--port", "1"])  # refuses the unknown mode before serving
+
+
 # -- About ------------------------------------------------------------------------------------------
 
 

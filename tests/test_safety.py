@@ -85,7 +85,9 @@ def secrets(tmp_path_factory):
 def server(tmp_path_factory, tiny_weights):
     if not EXAMPLE.is_file():
         pytest.skip("no bundled example slices")
-    s = load.AppServer(tmp_path_factory.mktemp("app"), weights=str(tiny_weights)).start()
+    # custom weights off, as on a public server: only the offered models (here the tiny weights) load
+    env = {"MEDCONDDIFF_CUSTOM_WEIGHTS": "off"}
+    s = load.AppServer(tmp_path_factory.mktemp("app"), weights=str(tiny_weights), env=env).start()
     yield s
     s.stop()
 
@@ -275,11 +277,6 @@ def test_app_scratch_holds_no_request_files_after_requests(server):
     assert left == [], f"{len(left)} file(s) left by requests, e.g. {left[:3]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the API's `model` argument is passed to hub.load_model: any server folder or Hub id is loaded "
-    "for a remote caller (app.py should accept only the offered models)",
-)
 def test_api_refuses_weights_it_does_not_offer(server, tmp_path, tiny_weights):
     import shutil
 
@@ -292,3 +289,6 @@ def test_api_refuses_weights_it_does_not_offer(server, tmp_path, tiny_weights):
     for spec in (str(elsewhere), "/etc", "someone/some-model"):
         with pytest.raises(AppError, match="accepted"):
             client.predict([handle_file(str(p)) for p in PAIR], spec, 2, 1, "", 0, api_name="/segment")
+    offered = str(tiny_weights)  # the server's MEDCONDDIFF_WEIGHTS: one of the models it offers
+    _, summary = client.predict([handle_file(str(p)) for p in PAIR], offered, 2, 1, "", 0, api_name="/segment")
+    assert summary["model"] == offered and summary["shape"] == [240, 240]
