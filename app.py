@@ -241,7 +241,10 @@ def gallery_items() -> list[tuple[str, str]]:
 
 
 def model_for(example: Example) -> tuple[str | None, str]:
-    """(dropdown, text box) values for an example: the model made for it, else an offered one that fits it."""
+    """(dropdown, text box) values for an example: the model made for it, else an offered one that fits it.
+
+    Neither: the example's own model in the text box where custom weights are allowed, else a `WeightsError`.
+    """
     choices = model_choices()
     if example.model in choices:
         return example.model, ""
@@ -249,7 +252,12 @@ def model_for(example: Example) -> tuple[str | None, str]:
         cfg = peek_config(name)
         if cfg is not None and cfg.image_channels == len(example.files) and cfg.modality == example.modality:
             return name, ""
-    return default_choice(), example.model  # not available here: loading it says so clearly
+    if custom_weights_allowed():
+        return default_choice(), example.model  # not offered: the text box tries it, and says clearly if it fails
+    raise WeightsError(  # the text box is hidden here: a value put there could not be cleared
+        f"the example {example.caption!r} needs the model {example.model!r}, which this server does not offer, "
+        f"and none of its models fits it; offered: {', '.join(model_choices())}"
+    )
 
 
 # -- reading a case ---------------------------------------------------------------------------------
@@ -592,7 +600,8 @@ def on_view(files, choice, custom, truth, ct_window, slice_index, m0, m1, m2, m3
 def select_example(evt: gr.SelectData):
     """A gallery click: that example's files and ground truth, and a model that fits it."""
     ex = EXAMPLES[evt.index]
-    choice, custom = model_for(ex)
+    with user_errors():
+        choice, custom = model_for(ex)
     return list(ex.files), ex.truth, gr.update(value=choice), custom
 
 

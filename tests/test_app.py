@@ -373,6 +373,21 @@ def test_custom_weights_follow_the_server_setting(app, tiny_weights, tmp_path, m
     assert app._load.cache_info().maxsize == 3  # custom loads cannot grow memory without bound
 
 
+def test_an_example_no_offered_model_fits(app, monkeypatch):
+    """Its own model goes into the text box where custom weights are allowed; elsewhere a clear error."""
+    import gradio as gr
+
+    odd = app.Example("odd", ("a.png", "b.png", "c.png"), None, "someone/rgb-model", "natural")
+    monkeypatch.setattr(app, "EXAMPLES", [odd])
+    monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "on")
+    assert app.model_for(odd) == (app.default_choice(), "someone/rgb-model")
+    monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "off")
+    with pytest.raises(
+        gr.Error, match=r"needs the model 'someone/rgb-model', which this server does not offer.*offered: "
+    ):
+        app.select_example(gr.SelectData(None, {"index": 0, "value": None}))
+
+
 def test_custom_weights_auto_only_on_loopback_and_off_spaces(app, monkeypatch):
     monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "auto")
     monkeypatch.delenv("SPACE_ID", raising=False)
