@@ -36,6 +36,7 @@ import gradio as gr
 import numpy as np
 import torch
 from gradio.data_classes import FileData, ListFiles
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 from medconddiff import hub, io, metrics, viz
@@ -76,13 +77,23 @@ def gpu(fn):
     return spaces.GPU(fn) if spaces is not None else fn
 
 
+def _public(message: str) -> str:
+    """`message` with paths inside the upload cache or the scratch folder cut to the file's name.
+
+    Users know their upload by its name; the server's folder layout is nothing they need to see.
+    """
+    for folder in (get_upload_folder(), RUNS_DIR):
+        message = re.sub(re.escape(str(folder)) + r"/(?:[^\s/\"']+/)*", "", message)
+    return message
+
+
 @contextlib.contextmanager
 def user_errors():
     """Show the library's user-fixable errors as `gr.Error` with the library's message."""
     try:
         yield
     except MedCondDiffError as err:
-        raise gr.Error(str(err)) from None
+        raise gr.Error(_public(str(err))) from None
 
 
 # -- models -----------------------------------------------------------------------------------------

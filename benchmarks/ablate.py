@@ -8,8 +8,10 @@ machine load hits both alike; it reports medians and their ratio. `bench.py` giv
 figures; this gives the evidence for each optimisation listed in benchmarks/RESULTS.md.
 
 Experiments: autograd off (grad vs no_grad vs inference_mode), the denoiser's channels-last layout,
-channels-last weights as well (a candidate, not adopted), bf16 autocast, threads, slices per batch
-for a volume, and (asked for with compile: slow to build) torch.compile of the denoiser.
+channels-last weights as well (a candidate, not adopted), the trajectory's layout for the consensus
+(K innermost), reduced-precision autocast (bf16 on the CPU, fp16 on CUDA), threads, slices per batch
+for a volume, and torch.compile of the denoiser (CUDA: mode reduce-overhead, i.e. CUDA graphs).
+Which of them the library keeps, and why, is listed in benchmarks/RESULTS.md (`report.py`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
+from medconddiff import pipeline  # noqa: E402
 from medconddiff.pipeline import (  # noqa: E402
     SamplingSettings,
     encode,
@@ -100,11 +106,18 @@ def experiments_at(size: int, raw, kind: str, args: argparse.Namespace, device: 
     if "layout" in todo:
         print(f"{size}: layout", file=sys.stderr, flush=True)
         row |= layouts(model, seg, args.repeats, device)
+    if "consensus" in todo:
+        print(f"{size}: consensus layout", file=sys.stderr, flush=True)
+        for e in (1, 4):
+            row[f"consensus_layout_e{e}"] = consensus_layout(model, raw, kind, e, args.repeats, device)
     if "autocast" in todo:
-        print(f"{size}: precision", file=sys.stderr, flush=True)
         amp = "bf16" if cpu else "fp16"
-        res = interleaved({"fp32": seg(), amp: seg(precision=amp)}, repeats=args.repeats, device=device)
-        row["autocast"] = with_ratio(res, "fp32", amp)
+        if cpu and not bench.machine(device)["cpu_bf16"]:
+            row["autocast"] = {"skipped": "this CPU has no native bf16 (autocast would emulate it, slowly)"}
+        else:
+            print(f"{size}: precision", file=sys.stderr, flush=True)
+            res = interleaved({"fp32": seg(), amp: seg(precision=amp)}, repeats=args.repeats, device=device)
+            row["autocast"] = with_ratio(res, "fp32", amp)
     if cpu and "threads" in todo:
         print(f"{size}: threads", file=sys.stderr, flush=True)
         row["threads"] = thread_counts(seg, args.repeats, device)
@@ -129,6 +142,25 @@ def layouts(model, seg: Callable[..., Callable[[], None]], repeats: int, device:
     res["relayout_seconds"] = relayout_s  # copy + re-layout: a one-off cost per loaded model
     out["channels_last_weights"] = with_ratio(res, "activations_only", "weights_too")
     return out
+
+
+def consensus_layout(model, raw, kind: str, ensemble: int, repeats: int, device: torch.device) -> dict:
+    """The consensus and the return to the image grid (`pipeline._finish`) on one real trajectory, (S, E, K, H, W)
+    logits laid out contiguously vs with K innermost (what the pipeline now stacks)."""
+    settings = replace(SamplingSettings.defaults_for(model.config), ensemble=ensemble)
+    res = segment_image(model, raw, settings, kind=kind, keep_trajectory=True)
+    traj = res.trajectory
+    contiguous = replace(traj, logits=traj.logits.contiguous())
+    k_last = replace(traj, logits=traj.logits.movedim(-3, -1).contiguous().movedim(-1, -3))
+    same = pipeline._finish(contiguous, res.geometry, settings.consensus).labels
+    assert (same == pipeline._finish(k_last, res.geometry, settings.consensus).labels).all()  # the same masks
+
+    def finish(t) -> Callable[[], None]:
+        return lambda: pipeline._finish(t, res.geometry, settings.consensus)
+
+    out = interleaved({"contiguous": finish(contiguous), "k_innermost": finish(k_last)}, repeats=repeats, device=device)
+    out["ensemble"] = ensemble
+    return with_ratio(out, "contiguous", "k_innermost")
 
 
 def thread_counts(seg: Callable[..., Callable[[], None]], repeats: int, device: torch.device) -> dict:
@@ -197,11 +229,15 @@ def run_experiments(args: argparse.Namespace) -> dict:
     out: dict = {"machine": bench.machine(device), "repeats": args.repeats, "sizes": {}}
     raw, kind, source = bench.example_slice(2)
     out["input"] = source
+    out["experiments"] = args.experiments.split(",")
     for size in [int(s) for s in args.sizes.split(",")]:
         out["sizes"][str(size)] = experiments_at(size, raw, kind, args, device)
     if args.volume_slices:
         print("volume batch sizes", file=sys.stderr, flush=True)
         out["volume_batch"] = volume_batches(args.volume_slices, max(1, args.repeats // 2), device)
+    out["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    note = bench.busy_note(out["machine"])
+    out["notes"] = [note] if note else []
     return out
 
 
@@ -213,6 +249,9 @@ def print_results(out: dict) -> None:
     print(f"{'size':>5}  {'experiment':<24} {'before':>16} {'after':>16} {'speed-up':>9}")
     for size, row in out["sizes"].items():
         for name, r in row.items():
+            if "skipped" in r:
+                print(f"{size:>5}  {name:<24} skipped: {r['skipped']}")
+                continue
             b, a = r["before"], r["after"]
             print(
                 f"{size:>5}  {name:<24} {b + ' ' + format(r[b]['median'], '.3f'):>16} "
@@ -222,9 +261,12 @@ def print_results(out: dict) -> None:
     if vb:
         rates = ", ".join(f"batch {b}: {vb[b]['slices_per_second']:.2f}" for b in ("1", "4", "8", "16"))
         print(f"volume ({vb['slices']} slices at {vb['size']} px), slices/s: {rates}")
+    for note in out.get("notes", []):
+        print(f"note: {note}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--sizes", default="128,256")
@@ -232,17 +274,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--volume-slices", type=int, default=16, help="slices for the batch-size sweep (0 skips)")
     ap.add_argument(
         "--experiments",
-        default="autograd,layout,autocast,threads",
-        help="comma-separated subset of autograd,layout,autocast,threads,compile (compile takes minutes)",
+        default="autograd,layout,consensus,autocast,threads,compile",
+        help="comma-separated subset of autograd,layout,consensus,autocast,threads,compile (compile: about a minute)",
     )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", metavar="OUT", default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = run_experiments(args)
+    out = {"command": "python benchmarks/ablate.py " + shlex.join(argv)} | run_experiments(args)
     print_results(out)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0

@@ -465,7 +465,10 @@ def test_api_segment_with_gradio_client(app, server, tmp_path):
 
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"\x1f\x8b not really gzip")
-    with pytest.raises(AppError, match="not a readable NIfTI"):
+    with pytest.raises(AppError, match="not a readable NIfTI") as info:
         client.predict([handle_file(str(bad))] * 2, "", STEPS, 1, "", 0, api_name="/segment")
+    from gradio.utils import get_upload_folder
+
+    assert "broken.nii.gz" in str(info.value) and get_upload_folder() not in str(info.value)  # no server paths
     _, again = client.predict([handle_file(str(p)) for p in BRATS_PNG], "", STEPS, 1, "", 0, api_name="/segment")
     assert again["areas"] == summary["areas"]  # same seed, same mask: and the server still serves
