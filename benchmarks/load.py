@@ -18,8 +18,11 @@ inputs) for a bounded time. It reports and checks:
   the request files left in its temporary folders;
 - the upload cap: a file one byte over the app's `max_file_size` is refused by the upload route.
 
-Weights: the bundled `brats-demo` when it is there, else a random-init model written to a temp
-folder (that checks robustness, not segmentation quality). The exit code is 0 only if every check passes.
+Models: requests name the offered models as a public server offers them (custom weights off):
+`brats-demo` for the BraTS slices and `abdomen-ct-demo` for the CT slices when they are bundled;
+without `brats-demo`, a random-init model written to a temp folder and offered through
+MEDCONDDIFF_WEIGHTS (that checks robustness, not segmentation quality). A request naming a model
+the server does not offer is one of the bad inputs. The exit code is 0 only if every check passes.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -258,7 +262,7 @@ class Request:
     steps: int = 4
     ensemble: int = 1
     consensus: str = ""
-    model: str = ""  # "" = the app's default weights
+    model: str = ""  # an offered model's name ("" = the app's default weights)
 
     @property
     def good(self) -> bool:
@@ -272,10 +276,11 @@ def _png_shape(path: Path) -> tuple[int, int]:
         return img.size[1], img.size[0]
 
 
-def build_requests(folder: Path, *, steps: int, ct_model: str | None = None) -> list[Request]:
-    """Good: the bundled example slices and slabs. Bad: files and settings the app must refuse.
+def build_requests(folder: Path, *, steps: int, model: str = "", ct_model: str | None = None) -> list[Request]:
+    """Good: the bundled example slices and slabs. Bad: files, settings and models the app must refuse.
 
-    With `ct_model` (the bundled CT weights' name) the CT example slices go to that model too.
+    The BraTS inputs name `model` (the offered 2-channel model); with `ct_model` (the bundled CT
+    weights' name) the CT example slices go to that model too.
     """
     import gzip
 
@@ -285,14 +290,19 @@ def build_requests(folder: Path, *, steps: int, ct_model: str | None = None) -> 
     good = []
     for flair in sorted(EXAMPLES.glob("brats_*_z*_flair.png")):
         t1c = flair.with_name(flair.name.replace("_flair", "_t1c"))
-        good.append(Request(flair.stem.replace("_flair", ""), (flair, t1c), _png_shape(flair), steps=steps))
+        good.append(
+            Request(flair.stem.replace("_flair", ""), (flair, t1c), _png_shape(flair), steps=steps, model=model)
+        )
     slab = (EXAMPLES / "brats_pat0004_slab_flair.nii.gz", EXAMPLES / "brats_pat0004_slab_t1c.nii.gz")
     if all(p.is_file() for p in slab):
         import nibabel as nib
 
-        good.append(Request("brats_pat0004_slab", slab, tuple(nib.load(slab[0]).shape[:2]), steps=steps))
+        shape = tuple(nib.load(slab[0]).shape[:2])
+        good.append(Request("brats_pat0004_slab", slab, shape, steps=steps, model=model))
     if good:
-        good.append(Request(good[0].name + "_ensemble2", good[0].files, good[0].shape, steps=2, ensemble=2))
+        good.append(
+            Request(good[0].name + "_ensemble2", good[0].files, good[0].shape, steps=2, ensemble=2, model=model)
+        )
     if not good:
         raise FileNotFoundError(f"no BraTS example slices in {EXAMPLES}")
     if ct_model:
@@ -312,13 +322,15 @@ def build_requests(folder: Path, *, steps: int, ct_model: str | None = None) -> 
     arr[arr.shape[0] // 2, :] = np.nan
     Image.fromarray(arr).save(nan)
     bad = [
-        Request("empty_file", (empty, empty), None, "the file is empty"),
-        Request("text_renamed_png", (text, first[1]), None, "not a readable image"),
-        Request("truncated_gzip", (truncated, truncated), None, "not a readable NIfTI file"),
-        Request("one_modality_for_two", (first[0],), None, "modality channel(s)"),
-        Request("nan_pixels", (first[0], nan), None, "NaN/Inf value(s)"),
-        Request("unknown_consensus", first, None, "unknown consensus 'loudest'", consensus="loudest"),
-        Request("steps_over_the_demo_limit", first, None, "this demo runs at most", steps=500),
+        Request("empty_file", (empty, empty), None, "the file is empty", model=model),
+        Request("text_renamed_png", (text, first[1]), None, "not a readable image", model=model),
+        Request("truncated_gzip", (truncated, truncated), None, "not a readable NIfTI file", model=model),
+        Request("one_modality_for_two", (first[0],), None, "modality channel(s)", model=model),
+        Request("nan_pixels", (first[0], nan), None, "NaN/Inf value(s)", model=model),
+        Request("unknown_consensus", first, None, "unknown consensus 'loudest'", consensus="loudest", model=model),
+        Request("steps_over_the_demo_limit", first, None, "this demo runs at most", steps=500, model=model),
+        # a folder on the server that is not an offered model: refused, never loaded
+        Request("model_not_offered", first, None, "is not one of its models", model=str(REPO / "assets")),
     ]
     return good + bad
 
@@ -337,6 +349,8 @@ class Report:
     users: int
     duration_s: float
     weights: str
+    models: list[str] = field(default_factory=list)  # the model names the requests use
+    steps: int = 0
     requests: int = 0
     good_sent: int = 0
     good_ok: int = 0
@@ -478,9 +492,12 @@ def run_load(
     workdir.mkdir(parents=True, exist_ok=True)
     if weights is None:
         weights = default_weights(workdir)
-    requests = build_requests(workdir / "inputs", steps=steps, ct_model=bundled_ct_model())
-    report = Report(users=users, duration_s=duration, weights=weights)
-    server = AppServer(workdir / "server", weights=weights)
+    ct_model = bundled_ct_model()
+    requests = build_requests(workdir / "inputs", steps=steps, model=weights, ct_model=ct_model)
+    models = [weights] + ([ct_model] if ct_model else [])
+    report = Report(users=users, duration_s=duration, weights=weights, models=models, steps=steps)
+    # as a public server runs: only the offered models load (MEDCONDDIFF_WEIGHTS and the bundled ones)
+    server = AppServer(workdir / "server", weights=weights, env={"MEDCONDDIFF_CUSTOM_WEIGHTS": "off"})
     log(f"starting the app on {server.url} (weights: {weights})")
     server.start()
     report.server_pid = server.pid
@@ -575,10 +592,22 @@ def default_weights(workdir: Path) -> str:
     return str(hub.save_model(MedCondDiff(MedCondDiffConfig(image_size=64)).eval(), folder))
 
 
+def machine_info() -> dict:
+    """bench.py's machine record (CPU, cores, torch, threads, load average), for the JSON."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench
+    import torch
+
+    info = bench.machine(torch.device("cpu"))
+    info["loadavg_at_end"] = info.pop("loadavg_at_start", None)  # taken after the run
+    return info
+
+
 def format_report(r: Report) -> str:
     rows = [
         ("users x duration", f"{r.users} x {r.duration_s:.0f} s"),
-        ("weights", r.weights),
+        ("models (custom weights off)", ", ".join(r.models) or r.weights),
+        ("steps per good request", str(r.steps)),
         (
             "requests answered",
             f"{r.requests} ({r.throughput_per_min} / min; p50 {r.latency_p50_s} s, p95 {r.latency_p95_s} s)",
@@ -624,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default=None, help="weights for the app (default: brats-demo, else random-init)")
     ap.add_argument("--json", default=None, help="write the figures to this JSON file")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (server log, downloads)")
+    argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     if args.command == "serve":
         serve(args.port, args.parent_pid)
@@ -640,8 +670,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"work folder kept: {workdir}")
     print(format_report(report))
     if args.json:
-        data = {**asdict(report), "server_errors": report.server_errors, "checks": report.checks()}
-        Path(args.json).write_text(json.dumps(data, indent=2))
+        data = {"command": "python benchmarks/load.py " + shlex.join(argv), "machine": machine_info()}
+        data |= {**asdict(report), "server_errors": report.server_errors, "checks": report.checks()}
+        data["passed"] = report.passed
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0 if report.passed else 1
 
 
