@@ -513,9 +513,10 @@ def bench_volume(model, spec: str | None, plan: Plan, device: torch.device) -> d
             pipeline.segment_volume = original
         if code != 0 or not out_path.is_file() or "seconds" not in inner:
             raise RuntimeError(f"the command line failed on the volume (exit {code}): python -m medconddiff {argv}")
+        command = "python -m medconddiff " + shlex.join(argv).replace(str(tmp), "TMP")  # TMP: a temp folder
     return {
         "source": source,
-        "command": "python -m medconddiff segment " + " ".join(a if a != str(out_path) else "OUT" for a in argv),
+        "command": command,
         "size": config.image_size,
         "slices": z,
         "slices_with_content": active,  # pure-background slices skip the model
