@@ -592,15 +592,17 @@ def default_weights(workdir: Path) -> str:
     return str(hub.save_model(MedCondDiff(MedCondDiffConfig(image_size=64)).eval(), folder))
 
 
-def machine_info() -> dict:
-    """bench.py's machine record (CPU, cores, torch, threads, load average), for the JSON."""
+def machine_record(loadavg_at_start: list[float]) -> tuple[dict, list[str]]:
+    """bench.py's machine record (CPU, cores, torch, threads, load average) and its busy-machine note, if any."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench
     import torch
 
     info = bench.machine(torch.device("cpu"))
-    info["loadavg_at_end"] = info.pop("loadavg_at_start", None)  # taken after the run
-    return info
+    info["loadavg_at_end"] = info.pop("loadavg_at_start", None)  # bench.machine reads it now: after the run
+    info["loadavg_at_start"] = loadavg_at_start
+    note = bench.busy_note(info)
+    return info, [note] if note else []
 
 
 def format_report(r: Report) -> str:
@@ -658,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         serve(args.port, args.parent_pid)
         return 0
+    loadavg_at_start = [round(x, 2) for x in os.getloadavg()]
     workdir = Path(tempfile.mkdtemp(prefix="medconddiff-load-"))
     try:
         report = run_load(
@@ -670,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"work folder kept: {workdir}")
     print(format_report(report))
     if args.json:
-        data = {"command": "python benchmarks/load.py " + shlex.join(argv), "machine": machine_info()}
+        info, notes = machine_record(loadavg_at_start)
+        data = {"command": "python benchmarks/load.py " + shlex.join(argv), "machine": info, "notes": notes}
         data |= {**asdict(report), "server_errors": report.server_errors, "checks": report.checks()}
         data["passed"] = report.passed
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,11 @@ from pathlib import Path
 OPTIMISATIONS = {
     "autograd": ("autograd off: `torch.inference_mode` around encode + sampling", "kept", "pipeline"),
     "channels_last_denoiser": ("channels-last activations for the denoiser (CPU)", "kept on CPU", "pipeline"),
-    "channels_last_weights": ("channels-last weights as well", "not adopted", "candidate"),
+    "channels_last_weights": (
+        "channels-last weights for the image pathway (adapter, backbone, decoder)",
+        "not adopted (a candidate for the weights loader)",
+        "candidate",
+    ),
     "consensus_layout_e1": ("trajectory stacked with K innermost for the consensus (E = 1)", "kept", "pipeline"),
     "consensus_layout_e4": ("trajectory stacked with K innermost for the consensus (E = 4)", "kept", "pipeline"),
     "autocast": ("reduced-precision autocast (bf16 on CPU, fp16 on CUDA)", "opt-in", "precision="),
@@ -99,9 +103,9 @@ def machine_section(runs: dict[str, dict]) -> list[str]:
             "against fp32 masks, torch.compile with CUDA graphs); GPU figures come later.",
             "",
         ]
-    notes = sorted({n for d in runs.values() for n in d.get("notes", []) if "busy" in n})
-    if notes:
-        out += [f"> **Warning**: {n}." for n in notes] + [""]
+    busy = [f"{kind}: {n}" for kind, d in runs.items() for n in d.get("notes", []) if "busy" in n]
+    if busy:
+        out += ["> **Warning**: " + "; ".join(busy) + ".", ""]
     return out
 
 
@@ -267,11 +271,21 @@ def precision_section(bench: dict) -> list[str]:
     ]
 
 
+def _arm(name: str) -> str:
+    """An ablation arm's name as read in a sentence ("2" threads, "image_path_weights")."""
+    if name.isdigit():
+        return f"{name} thread{'s' if name != '1' else ''}"
+    return name.replace("_", " ")
+
+
 def _effect(r: dict) -> str:
     if "skipped" in r:
         return f"skipped: {r['skipped']}"
     b, a = r["before"], r["after"]
-    return f"{b} {_s(r[b]['median'])} s -> {a} {_s(r[a]['median'])} s: **x{r['speedup']:.2f}**"
+    text = f"{_arm(b)} {_s(r[b]['median'])} s -> {_arm(a)} {_s(r[a]['median'])} s: **x{r['speedup']:.2f}**"
+    if "speedup_all_weights" in r:
+        text += f" (all weights: x{r['speedup_all_weights']:.2f})"
+    return text
 
 
 def optimisations_section(runs: dict[str, dict]) -> list[str]:
@@ -314,6 +328,8 @@ def optimisations_section(runs: dict[str, dict]) -> list[str]:
             speedups = [row[name]["speedup"] for row in ablate["sizes"].values() if "speedup" in row.get(name, {})]
             if status in KEPT and speedups and max(speedups) < 0.97:
                 status += " (**measured slower here: revisit**)"
+            elif status.startswith("not adopted") and speedups and min(speedups) > 1.05:
+                status += " (**measured faster here at every size: consider adopting**)"
             if name == "autograd":
                 mem = [
                     f"peak RSS {row[name]['grad']['memory'].get('peak_rss_mb', 0):.0f} -> "
