@@ -877,6 +877,7 @@ def about_markdown(spec: str) -> str:
 
 CSS = """
 .mcd-small { font-size: 0.85em; opacity: 0.85; }
+.mcd-pixels img { object-fit: contain !important; image-rendering: pixelated; }  /* small scans fill the box */
 .mcd-legend { line-height: 1.9; font-size: 0.95em; }
 .mcd-swatch { display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.45em;
               border-radius: 2px; vertical-align: -0.1em; }
@@ -906,8 +907,12 @@ def _paths_only(upload: gr.File) -> gr.File:
     return upload
 
 
-def _image(label: str, elem_id: str, **kwargs) -> gr.Image:
-    return gr.Image(label=label, type="filepath", format="png", interactive=False, elem_id=elem_id, **kwargs)
+def _image(label: str, elem_id: str, *, pixels: bool = True, **kwargs) -> gr.Image:
+    """An output picture; `pixels`: a scan-sized picture, scaled to fill its box with square pixels."""
+    classes = ["mcd-pixels"] if pixels else []
+    return gr.Image(
+        label=label, type="filepath", format="png", interactive=False, elem_id=elem_id, elem_classes=classes, **kwargs
+    )
 
 
 with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
@@ -995,7 +1000,7 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
                     xt_image = _image("noisy mask x_t", "xt-img", height=300)
                     x0_image = _image("predicted clean mask x0-hat, on the image", "x0-img", height=300)
                     change_image = _image("change from the previous step", "change-img", height=300)
-                trajectory_plot = _image("trajectory", "trajectory-plot", height=290)
+                trajectory_plot = _image("trajectory", "trajectory-plot", pixels=False, height=290)
 
             with gr.Group(elem_id="consensus-view"):
                 gr.Markdown("### 4. Consensus view: the fused mask and where steps and members disagree")
