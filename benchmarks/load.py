@@ -605,6 +605,15 @@ def machine_record(loadavg_at_start: list[float]) -> tuple[dict, list[str]]:
     return info, [note] if note else []
 
 
+def to_json(report: Report, *, command: str, loadavg_at_start: list[float]) -> dict:
+    """The figures as `report.py` reads them: the command, the machine, the report, the checks."""
+    info, notes = machine_record(loadavg_at_start)
+    data = {"command": command, "machine": info, "notes": notes}
+    data |= {**asdict(report), "server_errors": report.server_errors, "checks": report.checks()}
+    data["passed"] = report.passed
+    return data
+
+
 def format_report(r: Report) -> str:
     rows = [
         ("users x duration", f"{r.users} x {r.duration_s:.0f} s"),
@@ -673,10 +682,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"work folder kept: {workdir}")
     print(format_report(report))
     if args.json:
-        info, notes = machine_record(loadavg_at_start)
-        data = {"command": "python benchmarks/load.py " + shlex.join(argv), "machine": info, "notes": notes}
-        data |= {**asdict(report), "server_errors": report.server_errors, "checks": report.checks()}
-        data["passed"] = report.passed
+        data = to_json(
+            report, command="python benchmarks/load.py " + shlex.join(argv), loadavg_at_start=loadavg_at_start
+        )
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0 if report.passed else 1

@@ -7,10 +7,13 @@ so "the same" means: identical label maps, and logits within 1e-4 of the contigu
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
+from medconddiff import pipeline
 from medconddiff.errors import SettingsError
 from medconddiff.pipeline import SamplingSettings, encode, segment_image, use_channels_last
 from medconddiff.sampler import sample_loop
@@ -78,3 +81,19 @@ def test_bf16_autocast_runs_and_keeps_float32_outputs(tiny_model):
 def test_unknown_precision_is_a_settings_error(tiny_model):
     with pytest.raises(SettingsError, match="accepted: fp32, bf16, fp16"):
         segment_image(tiny_model, _slice(), SamplingSettings(steps=1), kind="nifti", precision="int8")
+
+
+@pytest.mark.parametrize("ensemble", [1, 3])
+def test_trajectory_is_stacked_with_classes_innermost_and_fuses_the_same(tiny_model, ensemble):
+    """The pipeline stacks the trajectory with K innermost (faster consensus); the masks are unchanged."""
+    settings = SamplingSettings(steps=3, ensemble=ensemble)
+    for channels_last in (True, False):
+        res = segment_image(tiny_model, _slice(), settings, kind="nifti", channels_last=channels_last)
+        logits = res.trajectory.logits
+        assert logits.shape == (3, ensemble, 5, 64, 64) and logits.stride(-3) == 1
+        for method in ("mean_logits", "majority_vote", "snr_weighted"):
+            plain = pipeline._finish(replace(res.trajectory, logits=logits.contiguous()), res.geometry, method)
+            fast = res.refuse(method)
+            np.testing.assert_array_equal(fast.labels, plain.labels)
+            np.testing.assert_allclose(fast.probs, plain.probs, atol=1e-6)
+            np.testing.assert_allclose(fast.agreement, plain.agreement)

@@ -10,6 +10,7 @@ memory after the run within 20% of after warm-up, and uploads over the cap refus
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -55,3 +56,33 @@ def test_unexpected_tracebacks_ignores_the_apps_own_errors():
         "RuntimeError: boom\n"
     )
     assert load.unexpected_tracebacks(log) == ["RuntimeError: boom"]
+
+
+def test_requests_name_only_the_offered_models(tmp_path):
+    """Every request names brats-demo or abdomen-ct-demo, except the one that must be refused."""
+    if not list(EXAMPLES.glob("brats_*_z*_flair.png")):
+        pytest.skip("no bundled BraTS example slices")
+    requests = load.build_requests(tmp_path, steps=4, model="brats-demo", ct_model="abdomen-ct-demo")
+    offered = {"brats-demo", "abdomen-ct-demo"}
+    assert {r.model for r in requests if r.name != "model_not_offered"} <= offered
+    expected = offered if list(EXAMPLES.glob("ct_z*[0-9].png")) else {"brats-demo"}
+    assert {r.model for r in requests if r.good} == expected
+    (refused,) = [r for r in requests if r.name == "model_not_offered"]
+    assert not refused.good and refused.model not in offered
+    assert sum(r.good for r in requests) >= 4 and sum(not r.good for r in requests) >= 7
+
+
+def test_load_figures_render_as_the_results_section():
+    spec = importlib.util.spec_from_file_location("medconddiff_report", REPO / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    r = load.Report(users=8, duration_s=180, weights="brats-demo", models=["brats-demo"], steps=4)
+    r.requests, r.good_sent, r.good_ok, r.bad_sent, r.bad_ok = 10, 6, 6, 4, 3
+    r.server_alive_after, r.concurrency_limit, r.max_concurrent_samplings = True, 1, 1
+    r.rss_warm_mib, r.rss_end_mib, r.rss_change, r.oversized_upload_status = 1000.0, 1050.0, 0.05, 413
+    r.failures = ["nan_pixels: bad request nan_pixels was answered with a mask"]
+    data = load.to_json(r, command="python benchmarks/load.py", loadavg_at_start=[0.0, 0.0, 0.0])
+    assert data["passed"] is False and data["checks"]["every bad request answered with its error"] is False
+    md = "\n".join(report.load_section(json.loads(json.dumps(data))))
+    assert "- [ ] every bad request answered with its error" in md and "- [x] the queue bounds" in md
+    assert "| bad requests: their own error | 3 / 4 |" in md and "nan_pixels" in md
