@@ -1,12 +1,13 @@
 """End to end in headless Chromium: the demo as a user drives it (`python app.py`, a real browser).
 
-Screenshots go to test-artifacts/. With MEDCONDDIFF_DOCS_SCREENSHOTS=1 the timestep and consensus
-views are also written to docs/screenshots/ (the README's pictures come from this run).
+Screenshots go to test-artifacts/. With MEDCONDDIFF_DOCS_SCREENSHOTS=1 the CT example's timestep and
+consensus views are also written to docs/screenshots/: the README's pictures come from that run.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -72,11 +73,6 @@ def test_example_sampling_timestep_and_consensus_views(page):
     assert "oedema" in page.locator("#legend").inner_text()
     assert "Dice" in page.locator("#dice").inner_text()
     page.locator("#consensus-view").first.screenshot(path=str(ARTIFACTS / "browser-consensus-view.png"))
-    if os.environ.get("MEDCONDDIFF_DOCS_SCREENSHOTS") == "1":
-        docs = REPO / "docs" / "screenshots"
-        docs.mkdir(parents=True, exist_ok=True)
-        page.locator("#timestep-view").first.screenshot(path=str(docs / "timestep_view.png"))
-        page.locator("#consensus-view").first.screenshot(path=str(docs / "consensus_view.png"))
 
     # switching the consensus re-fuses the stored trajectory: the legend names the new function
     fused = _src(page, "consensus-img")
@@ -90,6 +86,41 @@ def test_example_sampling_timestep_and_consensus_views(page):
     exports = "".join(page.locator("#export-files").inner_text().split())
     assert "mask_majority_vote_1.png" in exports and "trajectory.gif" in exports
     page.screenshot(path=str(ARTIFACTS / "browser-after-sampling.png"), full_page=True)
+
+
+def test_ct_example_switches_to_the_ct_model_and_fills_both_views(page):
+    """The CT slice through the bundled CT model; its views are the README's screenshots."""
+    from medconddiff import hub
+
+    if "abdomen-ct-demo" not in hub.bundled_models():
+        pytest.skip("no abdomen-ct-demo weights bundled")
+    page.locator("#examples button.thumbnail-item").filter(has_text="abdominal CT z096").first.click()
+    page.locator("#model-info").get_by_text("abdomen-ct-demo").wait_for()
+    page.locator("#input-info").get_by_text("ct_z096.png").wait_for()
+    assert page.locator("#ct-window").is_visible()  # the CT window presets come with a CT model
+    assert _rendered(page, "preview") == (122, 101)
+    page.locator("#run-btn").click()
+    page.locator("#status").get_by_text("Done:").wait_for()
+
+    before = _src(page, "x0-img")
+    _slider(page, "step-slider").fill("4")  # a middle step: x_t still noisy, x0-hat already an organ map
+    _wait_src_change(page, "x0-img", before)
+    page.locator("#step-label").get_by_text("Step 4 / 10").wait_for()
+    assert _rendered(page, "x0-img") == (122, 101) and _rendered(page, "trajectory-plot")[0] > 0
+    assert "liver" in page.locator("#legend").inner_text()
+    liver = re.search(r"liver\s+([0-9.]+)", page.locator("#dice").inner_text())
+    assert liver and float(liver.group(1)) > 0.5, page.locator("#dice").inner_text()  # the shipped model finds it
+
+    shots = {"timestep": "#timestep-view", "consensus": "#consensus-view"}
+    folders = [ARTIFACTS] + (
+        [REPO / "docs" / "screenshots"] if os.environ.get("MEDCONDDIFF_DOCS_SCREENSHOTS") == "1" else []
+    )
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, selector in shots.items():
+            path = folder / f"{name}_view.png" if folder != ARTIFACTS else folder / f"browser-ct-{name}-view.png"
+            page.locator(selector).first.screenshot(path=str(path))
+            assert 0 < path.stat().st_size < 400_000, (path, path.stat().st_size)  # small enough for the README
 
 
 def test_nifti_upload_slice_slider_and_modality_pickers(page):
