@@ -66,6 +66,7 @@ from medconddiff.pipeline import (  # noqa: E402
     segment_image,
     segment_slices,
     segment_volume,
+    stack_steps,
     use_channels_last,
 )
 from medconddiff.sampler import MaskScheduler, sample_loop  # noqa: E402
@@ -275,9 +276,9 @@ def ours(model, image: torch.Tensor, settings: SamplingSettings, perf: Perf) -> 
                 autocast_dtype=autocast_dtype(perf.precision),
             )
         )
-        logits = torch.stack([r.logits for r in records])  # (S, E, B, K, H, W)
+        logits = stack_steps([r.logits.cpu() for r in records])  # (S, E, B, K, H, W), as the pipeline stacks
         logsnr = torch.tensor([r.logsnr for r in records])
-        return fuse(logits.cpu(), logsnr, method=settings.consensus).labels
+        return fuse(logits, logsnr, method=settings.consensus).labels
 
 
 def backbone_every_step(
@@ -320,7 +321,7 @@ def backbone_every_step(
             x_t = scheduler.step(x0_hat.to(x_t.dtype), i, x_t, generator=generator).prev_sample
         if not consensus or len(kept) < settings.steps:
             return None
-        return fuse(torch.stack(kept), torch.tensor(logsnr), method=settings.consensus).labels
+        return fuse(stack_steps(kept), torch.tensor(logsnr), method=settings.consensus).labels
 
 
 # -- the benchmark --------------------------------------------------------------------------------
