@@ -7,6 +7,7 @@ Takes the JSON written by `bench.py --json`, `ablate.py --json` and `load.py --j
 any subset: each file is recognised by its content) and prints Markdown: the machine, issue 5's
 targets met or not, the speed and memory tables, the list of optimisations with their measured
 before/after, and the load test. Every number comes from the JSONs; nothing is measured here.
+`benchmarks/run_all.sh` runs the three scripts and this one, on an idle machine.
 """
 
 from __future__ import annotations
@@ -412,7 +413,8 @@ def render(runs: dict[str, dict]) -> str:
     out = [
         "# Benchmark results",
         "",
-        "Rendered by `benchmarks/report.py` from the JSON of these commands, run on the machine below:",
+        "Rendered by `benchmarks/report.py` from the JSON of these commands (`benchmarks/run_all.sh` runs them all), "
+        "on the machine below:",
         "",
         *[f"    {runs[k]['command']}" for k in ("bench", "ablate", "load") if k in runs],
         "",
