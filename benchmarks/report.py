@@ -114,13 +114,12 @@ def targets_section(bench: dict) -> list[str]:
     t = bench["targets"]
     out = [f"## Targets (issue 5: {t['setting']})", ""]
     if not t["applies"]:
-        out += [
-            f"> These figures do not test the targets: the run was "
-            f"{'a --quick smoke test' if bench['quick'] else ''}"
-            f"{' at ' + str(bench['headline_size']) + ' px' if bench['headline_size'] != 256 else ''}"
-            f"{' on ' + bench['machine']['device'] if bench['machine']['device'] != 'cpu' else ''}.",
-            "",
+        why = [
+            "a --quick smoke test" if bench["quick"] else "",
+            f"at {bench['headline_size']} px" if bench["headline_size"] != 256 else "",
+            f"on {bench['machine']['device']}" if bench["machine"]["device"] != "cpu" else "",
         ]
+        out += [f"> These figures do not test the targets: the run was {', '.join(w for w in why if w)}.", ""]
     names = {
         "default_seconds_256": "default segmentation of one slice (s)",
         "ratio_vs_backbone_every_step": "speed-up vs backbone at every step, equal steps",
