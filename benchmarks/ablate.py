@@ -9,7 +9,7 @@ figures; this gives the evidence for each optimisation listed in benchmarks/RESU
 
 Experiments: autograd off (grad vs no_grad vs inference_mode), the denoiser's channels-last layout,
 channels-last weights as well (a candidate, not adopted), the trajectory's layout for the consensus
-(K innermost), reduced-precision autocast (bf16 on the CPU, fp16 on CUDA), threads, slices per batch
+(K innermost), ensemble rows per denoiser call (cache-sized chunks on the CPU), reduced-precision autocast (bf16 on the CPU, fp16 on CUDA), threads, slices per batch
 for a volume, and torch.compile of the denoiser (CUDA: mode reduce-overhead, i.e. CUDA graphs).
 Which of them the library keeps, and why, is listed in benchmarks/RESULTS.md (`report.py`).
 """
@@ -42,7 +42,7 @@ from medconddiff.pipeline import (  # noqa: E402
     segment_volume,
     use_channels_last,
 )
-from medconddiff.sampler import sample_loop  # noqa: E402
+from medconddiff.sampler import denoiser_chunk, sample_loop  # noqa: E402
 
 
 def interleaved(variants: dict[str, Callable[[], object]], *, repeats: int, device: torch.device) -> dict:
@@ -110,6 +110,9 @@ def experiments_at(size: int, raw, kind: str, args: argparse.Namespace, device: 
         print(f"{size}: consensus layout", file=sys.stderr, flush=True)
         for e in (1, 4):
             row[f"consensus_layout_e{e}"] = consensus_layout(model, raw, kind, e, args.repeats, device)
+    if "chunk" in todo:
+        print(f"{size}: denoiser rows per call", file=sys.stderr, flush=True)
+        row["denoiser_chunk_e4"] = denoiser_chunks(model, image, settings, 4, args.repeats, device)
     if "autocast" in todo:
         amp = "bf16" if cpu else "fp16"
         if cpu and not bench.machine(device)["cpu_bf16"]:
@@ -177,6 +180,35 @@ def consensus_layout(model, raw, kind: str, ensemble: int, repeats: int, device:
     out = interleaved({"contiguous": finish(contiguous), "k_innermost": finish(k_last)}, repeats=repeats, device=device)
     out["ensemble"] = ensemble
     return with_ratio(out, "contiguous", "k_innermost")
+
+
+def denoiser_chunks(model, image, settings: SamplingSettings, ensemble: int, repeats: int, device) -> dict:
+    """E members: every row through the denoiser in one call vs `sampler.denoiser_chunk` rows per call."""
+    layout = use_channels_last(device)
+
+    def run(chunk: int | None) -> Callable[[], None]:
+        def go() -> None:
+            with torch.inference_mode():
+                cond = encode(model, image)
+                steps = sample_loop(
+                    model,
+                    cond,
+                    steps=settings.steps,
+                    ensemble=ensemble,
+                    keep_x_t=False,
+                    channels_last=layout,
+                    chunk=chunk,
+                )
+                for _ in steps:
+                    pass
+
+        return go
+
+    res = interleaved({"one_call": run(ensemble), "chunked": run(None)}, repeats=repeats, device=device)
+    with torch.inference_mode():
+        res["rows_per_call"] = min(ensemble, denoiser_chunk(model, encode(model, image)))
+    res["ensemble"] = ensemble
+    return with_ratio(res, "one_call", "chunked")
 
 
 def thread_counts(seg: Callable[..., Callable[[], None]], repeats: int, device: torch.device) -> dict:
@@ -290,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--volume-slices", type=int, default=16, help="slices for the batch-size sweep (0 skips)")
     ap.add_argument(
         "--experiments",
-        default="autograd,layout,consensus,autocast,threads,compile",
-        help="comma-separated subset of autograd,layout,consensus,autocast,threads,compile (compile: about a minute)",
+        default="autograd,layout,consensus,chunk,autocast,threads,compile",
+        help="comma-separated subset of autograd,layout,consensus,chunk,autocast,threads,compile (compile: about a minute)",
     )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", metavar="OUT", default=None)

@@ -28,6 +28,11 @@ OPTIMISATIONS = {
     ),
     "consensus_layout_e1": ("trajectory stacked with K innermost for the consensus (E = 1)", "kept", "pipeline"),
     "consensus_layout_e4": ("trajectory stacked with K innermost for the consensus (E = 4)", "kept", "pipeline"),
+    "denoiser_chunk_e4": (
+        "ensemble of 4: cache-sized chunks of rows per denoiser call instead of one call (CPU)",
+        "kept on CPU",
+        "sampler.denoiser_chunk",
+    ),
     "autocast": ("reduced-precision autocast (bf16 on CPU, fp16 on CUDA)", "opt-in", "precision="),
     "threads": ("intra-op threads: 1 vs all cores", "kept (torch's default: all cores)", "torch"),
     "torch_compile_denoiser": (
@@ -381,6 +386,14 @@ def load_section(load: dict) -> list[str]:
         [
             "resident memory after warm-up -> after the run",
             f"{load['rss_warm_mib']:.0f} -> {load['rss_end_mib']:.0f} MiB ({100 * load['rss_change']:+.1f}%)",
+        ],
+        [
+            "resident memory during the run (even intervals)",
+            " -> ".join(str(v) for v in load.get("rss_samples_mib", [])) + " MiB",
+        ],
+        [
+            "warm-up before the baseline",
+            f"each request once, then {load['users']} users for {load.get('warm_concurrent_s', 0):.0f} s",
         ],
         [
             "upload cap (max_file_size)",

@@ -83,6 +83,22 @@ class StepRecord:
     logits: torch.Tensor  # predicted x0 logits              (E, B, K, H, W)
 
 
+CPU_CHUNK_ELEMENTS = 1 << 20  # denoiser rows per call on the CPU: about 4 MB of fp32 activations per tensor
+
+
+def denoiser_chunk(model, cond: torch.Tensor) -> int:
+    """How many rows (members x images) the denoiser takes per call on `cond`'s device.
+
+    On the CPU a batch whose activations outgrow the cache runs slower per row than single rows
+    (256 px, width 256: 37 ms per row alone, 86 ms per row in a batch of 4; benchmarks/RESULTS.md),
+    so rows go through in chunks of about CPU_CHUNK_ELEMENTS activations; GPUs take every row at once.
+    """
+    if cond.device.type != "cpu":
+        return 1 << 30
+    per_row = model.config.width * cond.shape[-2] * cond.shape[-1]
+    return max(1, CPU_CHUNK_ELEMENTS // max(1, per_row))
+
+
 def sample_loop(
     model,
     cond: torch.Tensor,
@@ -94,15 +110,17 @@ def sample_loop(
     keep_x_t: bool = True,
     channels_last: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    chunk: int | None = None,
 ) -> Iterator[StepRecord]:
-    """Run S denoising steps for B images x E members in one batch, yielding a record per step.
+    """Run S denoising steps for B images x E members as one batch, yielding a record per step.
 
     cond (B, width, h, w) comes from `model.encode_image` and is shared by all members; the
     starting noise and any ancestral noise come from `generator` (on the CPU, so a seed gives the
     same masks on every device). `channels_last` runs the denoiser on (N, H, W, K)-strided tensors:
     the same values, laid out for faster oneDNN convolutions on the CPU. `autocast_dtype`
     (torch.bfloat16 / torch.float16) runs the denoiser under autocast; the logits, x_t and the
-    update stay float32.
+    update stay float32. `chunk` caps how many of the E*B rows go through the denoiser in one call
+    (None: `denoiser_chunk` picks by device); the noise and the update still cover all rows at once.
     """
     if not 1 <= int(ensemble) <= MAX_ENSEMBLE:
         raise SettingsError(f"ensemble must be between 1 and {MAX_ENSEMBLE}, got {ensemble}")
@@ -115,11 +133,17 @@ def sample_loop(
     cond_e = cond.repeat(ensemble, *([1] * (cond.dim() - 1)))  # (E*B, width, h, w), member-major
     cond_e = cond_e.contiguous(memory_format=layout)
     x_t = torch.randn((ensemble * b, k, h, w), generator=generator).to(cond.device, cond.dtype)
+    rows = ensemble * b
+    chunk = denoiser_chunk(model, cond) if chunk is None else max(1, int(chunk))
     for i, t in enumerate(scheduler.timesteps):
         x_t = x_t.contiguous(memory_format=layout)  # a no-op unless the update changed the layout
         t_batch = torch.full((ensemble * b,), float(t), device=cond.device)
         with torch.autocast(cond.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
-            logits = model.denoise(x_t, t_batch, cond_e)
+            parts = [
+                model.denoise(x_t[r : r + chunk], t_batch[r : r + chunk], cond_e[r : r + chunk])
+                for r in range(0, rows, chunk)
+            ]
+            logits = parts[0] if len(parts) == 1 else torch.cat(parts)
         logits = logits.float()  # (E*B, K, H, W)
         x0_hat = probs_to_x0(logits.softmax(dim=1))
         yield StepRecord(

@@ -107,3 +107,22 @@ def test_ensemble_members_differ(tiny_model):
         cond = tiny_model.encode_image(torch.randn(1, 2, 64, 64))
         recs = list(sample_loop(tiny_model, cond, steps=3, ensemble=2, generator=torch.Generator().manual_seed(0)))
     assert not torch.equal(recs[0].x_t[0], recs[0].x_t[1])  # different starting noise per member
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_chunked_denoiser_calls_give_the_one_batch_result(tiny_model, kind):
+    """The CPU runs large ensembles in chunks of rows (cache-sized); masks and noise must not change."""
+    with torch.inference_mode():
+        cond = tiny_model.encode_image(torch.randn(2, 2, 64, 64, generator=torch.Generator().manual_seed(2)))
+
+        def run(chunk, model=tiny_model):
+            g = torch.Generator().manual_seed(5)
+            return list(sample_loop(model, cond, steps=3, ensemble=3, sampler=kind, generator=g, chunk=chunk))
+
+        whole, chunked = run(6), run(4)
+        counting = CountingModel(tiny_model)
+        run(4, counting)
+    assert counting.calls["denoise"] == 3 * 2  # 6 rows in chunks of 4: two calls per step
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=1e-4)
+        torch.testing.assert_close(a.x_t, b.x_t, rtol=0, atol=1e-4)
