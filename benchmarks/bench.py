@@ -654,17 +654,39 @@ def machine(device: torch.device) -> dict:
         info["cuda"] = torch.version.cuda
     if hasattr(os, "getloadavg"):
         info["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    info["other_busy_cores_at_start"] = other_busy_cores()
     return info
 
 
+def _cpu_ticks() -> tuple[int, int] | None:
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields), idle
+
+
+def other_busy_cores(seconds: float = 1.0) -> float | None:
+    """How many cores other processes kept busy while this one slept for `seconds` (Linux /proc/stat).
+
+    The load average cannot tell: right after a previous benchmark it still counts that run's threads."""
+    before = _cpu_ticks()
+    time.sleep(seconds)
+    after = _cpu_ticks()
+    if before is None or after is None or after[0] == before[0]:
+        return None
+    total, idle = after[0] - before[0], after[1] - before[1]
+    return round((1 - idle / total) * (os.cpu_count() or 1), 2)
+
+
 def busy_note(info: dict) -> str | None:
-    """A note when the machine was not idle (1-minute load average over a quarter of the cores)."""
-    loads = [info.get("loadavg_at_start"), info.get("loadavg_at_end")]
-    worst = max((load[0] for load in loads if load), default=0.0)
+    """A note when other work kept more than a quarter of the cores busy as the run started."""
+    busy = info.get("other_busy_cores_at_start")
     cores = info.get("cores_available") or 1
-    if worst > 0.25 * cores:
+    if busy is not None and busy > 0.25 * cores:
         return (
-            f"the machine was busy (1-minute load average up to {worst:.1f} on {cores} cores): "
+            f"the machine was busy (other processes kept {busy:.1f} of {cores} cores busy at the start): "
             "the times are inflated; take the final figures on an idle machine"
         )
     return None

@@ -50,6 +50,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets" / "examples"
 RSS_TOLERANCE = 0.20
+WARM_CONCURRENT_S = 30.0  # all users at once before the baseline (a quarter of a shorter run)
+RSS_SAMPLES = 6  # server RSS readings during the run
 
 
 # -- the server ----------------------------------------------------------------------------------
@@ -367,6 +369,8 @@ class Report:
     max_file_size: str | int | None = None
     oversized_upload_status: int | None = None
     rss_warm_mib: float = 0.0
+    rss_samples_mib: list[int] = field(default_factory=list)
+    warm_concurrent_s: float = 0.0
     rss_end_mib: float = 0.0
     rss_change: float = 0.0
     temp_files_warm: int = 0
@@ -504,35 +508,56 @@ def run_load(
     try:
         config = json.loads(urllib.request.urlopen(server.url + "config", timeout=30).read())
         report.max_file_size = config.get("max_file_size")
-        # warm-up: every request once, from one user
+        # warm-up: every request once from one user, then every user at once for a short while, so that
+        # the baseline already holds both models, the worker threads and their allocator arenas
         warm = _client(server.url, workdir / "downloads" / "warm")
         for req in requests:
             out = send(warm, req, timeout=request_timeout)
             if not out.ok:
                 report.failures.append(f"warm-up {out.request}: {out.detail}")
+
+        def hammer(seconds: float, outcomes: list[Outcome]) -> float:
+            """`users` concurrent users sending random requests for `seconds`; returns the time it took."""
+            lock = threading.Lock()
+            deadline = time.monotonic() + seconds
+
+            def user(i: int) -> None:
+                rng = random.Random(seed + i + 1000 * len(outcomes))
+                client = _client(server.url, workdir / "downloads" / f"user{i}")
+                while time.monotonic() < deadline:
+                    out = send(client, rng.choice(requests), timeout=request_timeout)
+                    with lock:
+                        outcomes.append(out)
+
+            threads = [threading.Thread(target=user, args=(i,), name=f"user{i}") for i in range(users)]
+            started = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return time.monotonic() - started
+
+        warm_outcomes: list[Outcome] = []
+        report.warm_concurrent_s = min(WARM_CONCURRENT_S, duration / 4)
+        hammer(report.warm_concurrent_s, warm_outcomes)
+        report.failures += [f"warm-up {o.request}: {o.detail}" for o in warm_outcomes if not o.ok]
+        time.sleep(2.0)
         report.rss_warm_mib = server.rss_kib() / 1024
         report.temp_files_warm = len(server.temp_files())
         log(f"warmed up: RSS {report.rss_warm_mib:.0f} MiB; {users} users for {duration:.0f} s ...")
 
         outcomes: list[Outcome] = []
-        lock = threading.Lock()
-        deadline = time.monotonic() + duration
+        done = threading.Event()
 
-        def user(i: int) -> None:
-            rng = random.Random(seed + i)
-            client = _client(server.url, workdir / "downloads" / f"user{i}")
-            while time.monotonic() < deadline:
-                out = send(client, rng.choice(requests), timeout=request_timeout)
-                with lock:
-                    outcomes.append(out)
+        def watch_rss() -> None:  # the server's RSS at even intervals: a leak climbs, a steady state levels off
+            while not done.wait(duration / RSS_SAMPLES):
+                report.rss_samples_mib.append(round(server.rss_kib() / 1024))
 
-        threads = [threading.Thread(target=user, args=(i,), name=f"user{i}") for i in range(users)]
-        started = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - started
+        watcher = threading.Thread(target=watch_rss, name="rss", daemon=True)
+        watcher.start()
+        elapsed = hammer(duration, outcomes)
+        done.set()
+        watcher.join()
 
         time.sleep(2.0)  # let the server finish its bookkeeping
         report.rss_end_mib = server.rss_kib() / 1024
@@ -592,22 +617,29 @@ def default_weights(workdir: Path) -> str:
     return str(hub.save_model(MedCondDiff(MedCondDiffConfig(image_size=64)).eval(), folder))
 
 
-def machine_record(loadavg_at_start: list[float]) -> tuple[dict, list[str]]:
-    """bench.py's machine record (CPU, cores, torch, threads, load average) and its busy-machine note, if any."""
+def _bench():
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench
+
+    return bench
+
+
+def machine_record(loadavg_at_start: list[float], busy_at_start: float | None) -> tuple[dict, list[str]]:
+    """bench.py's machine record (CPU, cores, torch, threads, load average) and its busy-machine note, if any."""
+    bench = _bench()
     import torch
 
     info = bench.machine(torch.device("cpu"))
     info["loadavg_at_end"] = info.pop("loadavg_at_start", None)  # bench.machine reads it now: after the run
     info["loadavg_at_start"] = loadavg_at_start
+    info["other_busy_cores_at_start"] = busy_at_start
     note = bench.busy_note(info)
     return info, [note] if note else []
 
 
-def to_json(report: Report, *, command: str, loadavg_at_start: list[float]) -> dict:
+def to_json(report: Report, *, command: str, loadavg_at_start: list[float], busy_at_start: float | None = None) -> dict:
     """The figures as `report.py` reads them: the command, the machine, the report, the checks."""
-    info, notes = machine_record(loadavg_at_start)
+    info, notes = machine_record(loadavg_at_start, busy_at_start)
     data = {"command": command, "machine": info, "notes": notes}
     data |= {**asdict(report), "server_errors": report.server_errors, "checks": report.checks()}
     data["passed"] = report.passed
@@ -638,6 +670,11 @@ def format_report(r: Report) -> str:
             "RSS after warm-up -> after run",
             f"{r.rss_warm_mib:.0f} MiB -> {r.rss_end_mib:.0f} MiB ({100 * r.rss_change:+.1f} %)",
         ),
+        (
+            "RSS during the run",
+            " -> ".join(f"{v}" for v in r.rss_samples_mib) + " MiB" if r.rss_samples_mib else "not sampled",
+        ),
+        ("warm-up", f"each request once, then {r.users} users for {r.warm_concurrent_s:.0f} s"),
         (
             "files in the server's temp folders (warm-up -> end)",
             f"{r.temp_files_warm} -> {r.temp_files_end}: "
@@ -670,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.port, args.parent_pid)
         return 0
     loadavg_at_start = [round(x, 2) for x in os.getloadavg()]
+    busy_at_start = _bench().other_busy_cores()
     workdir = Path(tempfile.mkdtemp(prefix="medconddiff-load-"))
     try:
         report = run_load(
@@ -683,7 +721,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_report(report))
     if args.json:
         data = to_json(
-            report, command="python benchmarks/load.py " + shlex.join(argv), loadavg_at_start=loadavg_at_start
+            report,
+            command="python benchmarks/load.py " + shlex.join(argv),
+            loadavg_at_start=loadavg_at_start,
+            busy_at_start=busy_at_start,
         )
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
