@@ -668,16 +668,19 @@ def _cpu_ticks() -> tuple[int, int] | None:
 
 
 def other_busy_cores(seconds: float = 1.0) -> float | None:
-    """How many cores other processes kept busy while this one slept for `seconds` (Linux /proc/stat).
+    """How many cores other processes kept busy over `seconds` while this one slept (Linux /proc/stat).
 
-    The load average cannot tell: right after a previous benchmark it still counts that run's threads."""
-    before = _cpu_ticks()
+    The load average cannot tell: right after a previous benchmark it still counts that run's threads.
+    This process's own CPU time in the window (OpenMP threads spin on for a while after work) is taken out.
+    """
+    before, own_before, wall_before = _cpu_ticks(), time.process_time(), time.perf_counter()
     time.sleep(seconds)
-    after = _cpu_ticks()
+    after, own, wall = _cpu_ticks(), time.process_time() - own_before, time.perf_counter() - wall_before
     if before is None or after is None or after[0] == before[0]:
         return None
     total, idle = after[0] - before[0], after[1] - before[1]
-    return round((1 - idle / total) * (os.cpu_count() or 1), 2)
+    busy = (1 - idle / total) * (os.cpu_count() or 1) - own / wall
+    return round(max(0.0, busy), 2)
 
 
 def busy_note(info: dict) -> str | None:
