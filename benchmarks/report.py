@@ -92,14 +92,23 @@ def machine_section(runs: dict[str, dict]) -> list[str]:
         ["GPU", first.get("gpu") or "none (CUDA not available)"],
     ]
     out += table(["", ""], rows)
-    out += ["", "Per run (threads are torch's intra-op threads; load average = 1-minute load at start -> end):", ""]
+    out += [
+        "",
+        "Per run (threads are torch's intra-op threads; other processes = cores other work kept busy as the run "
+        "started, the idle check; load average = 1-minute load at start -> end, which counts the runs' own threads):",
+        "",
+    ]
     rows = []
     for kind, data in runs.items():
         m = data["machine"]
         start, end = m.get("loadavg_at_start"), m.get("loadavg_at_end")
         load = f"{start[0] if start else '?'} -> {end[0] if end else '?'}"
-        rows.append([kind, m["device"], str(m["threads"]), load, m.get("commit") or "?", m.get("date", "?")])
-    out += table(["run", "device", "threads", "load average", "commit", "date (UTC)"], rows)
+        other = m.get("other_busy_cores_at_start")
+        rows.append(
+            [kind, m["device"], str(m["threads"]), "?" if other is None else f"{other:.2f}", load]
+            + [m.get("commit") or "?", m.get("date", "?")]
+        )
+    out += table(["run", "device", "threads", "other processes", "load average", "commit", "date (UTC)"], rows)
     out.append("")
     if all(d["machine"]["device"] == "cpu" for d in runs.values()):
         out += [
