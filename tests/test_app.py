@@ -470,5 +470,7 @@ def test_api_segment_with_gradio_client(app, server, tmp_path):
     from gradio.utils import get_upload_folder
 
     assert "broken.nii.gz" in str(info.value) and get_upload_folder() not in str(info.value)  # no server paths
-    _, again = client.predict([handle_file(str(p)) for p in BRATS_PNG], "", STEPS, 1, "", 0, api_name="/segment")
+    _, again = client.predict(
+        [handle_file(str(p)) for p in BRATS_PNG], "", STEPS, 1, "mean_logits", 0, api_name="/segment"
+    )
     assert again["areas"] == summary["areas"]  # same seed, same mask: and the server still serves

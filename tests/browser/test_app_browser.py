@@ -6,6 +6,7 @@ consensus views are also written to docs/screenshots/: the README's pictures com
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -48,20 +49,29 @@ def _slider(page, elem_id: str):
     return page.locator(f"#{elem_id}").get_by_role("slider")
 
 
+def _defaults(model: str) -> dict:
+    return json.loads((REPO / "assets" / "weights" / model / "config.json").read_text())
+
+
+def _default_steps(model: str) -> int:
+    return _defaults(model)["default_steps"]
+
+
 def test_example_sampling_timestep_and_consensus_views(page):
+    steps = _default_steps("brats-demo")  # the app samples with the model's defaults
     page.locator("#examples button.thumbnail-item").first.click()  # BraTS pat0003 z080, with ground truth
     assert _rendered(page, "preview") == (240, 240)
     page.locator("#run-btn").click()
     page.locator("#status").get_by_text("Done:").wait_for()
 
     # timestep view: the last step is shown; moving the slider to step 1 changes the pictures
-    assert "Step 10 / 10" in page.locator("#step-label").inner_text()
+    assert f"Step {steps} / {steps}" in page.locator("#step-label").inner_text()
     before = {k: _src(page, k) for k in ("xt-img", "x0-img", "change-img")}
     assert all(before.values()), before
     _slider(page, "step-slider").fill("1")
     for key, src in before.items():
         assert _wait_src_change(page, key, src) != src
-    page.locator("#step-label").get_by_text("Step 1 / 10").wait_for()
+    page.locator("#step-label").get_by_text(f"Step 1 / {steps}").wait_for()
     assert "t = 1.000" in page.locator("#step-label").inner_text()
     assert _rendered(page, "xt-img") == (240, 240)  # at the image's resolution
     _rendered(page, "trajectory-plot")
@@ -75,16 +85,17 @@ def test_example_sampling_timestep_and_consensus_views(page):
     page.locator("#consensus-view").first.screenshot(path=str(ARTIFACTS / "browser-consensus-view.png"))
 
     # switching the consensus re-fuses the stored trajectory: the legend names the new function
+    other = "mean_logits" if _defaults("brats-demo")["default_consensus"] != "mean_logits" else "majority_vote"
     fused = _src(page, "consensus-img")
     page.locator("#consensus2 input").click()
-    page.get_by_role("option", name="majority_vote").click()
-    page.locator("#legend").get_by_text("majority_vote").wait_for()
+    page.get_by_role("option", name=other).click()
+    page.locator("#legend").get_by_text(other).wait_for()
     _wait_src_change(page, "consensus-img", fused)
     assert "no new sampling" in page.get_by_text("Re-fused").inner_text()
 
     # exports: the mask PNG and the GIF are offered
     exports = "".join(page.locator("#export-files").inner_text().split())
-    assert "mask_majority_vote_1.png" in exports and "trajectory.gif" in exports
+    assert f"mask_{other}_1.png" in exports and "trajectory.gif" in exports
     page.screenshot(path=str(ARTIFACTS / "browser-after-sampling.png"), full_page=True)
 
 
@@ -105,7 +116,7 @@ def test_ct_example_switches_to_the_ct_model_and_fills_both_views(page):
     before = _src(page, "x0-img")
     _slider(page, "step-slider").fill("4")  # a middle step: x_t still noisy, x0-hat already an organ map
     _wait_src_change(page, "x0-img", before)
-    page.locator("#step-label").get_by_text("Step 4 / 10").wait_for()
+    page.locator("#step-label").get_by_text(f"Step 4 / {_default_steps('abdomen-ct-demo')}").wait_for()
     assert _rendered(page, "x0-img") == (122, 101) and _rendered(page, "trajectory-plot")[0] > 0
     assert "liver" in page.locator("#legend").inner_text()
     liver = re.search(r"liver\s+([0-9.]+)", page.locator("#dice").inner_text())
