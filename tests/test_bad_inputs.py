@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from badinputs import NUM_CLASSES, Kind, kinds
 from PIL import Image
+from scripts import benchmark_script
 
 from medconddiff.errors import MedCondDiffError
 from medconddiff.hub import load_folder, resolve
@@ -187,17 +188,7 @@ def test_corpus_covers_the_issue():
 # -- the app: the same corpus through the public `segment` API --------------------------------------
 
 
-def _load_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("medconddiff_load", REPO / "benchmarks" / "load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-load = _load_script()  # benchmarks/load.py: the app server helper
+load = benchmark_script("load")  # benchmarks/load.py: the app server helper
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ work. `report.py` turns the JSONs into RESULTS.md sections.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -17,17 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from scripts import benchmark_script
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = ("default_seconds_256", "ratio_vs_backbone_every_step", "ratio_vs_ddpm1000", "ratio_ensemble4_vs_1")
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"medconddiff_{name}", REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
@@ -144,7 +136,7 @@ def test_ablations_report_before_after_pairs(ablate_run):
 
 
 def test_report_renders_the_results_sections(quick_run, ablate_run, capsys):
-    report = _script("report")
+    report = benchmark_script("report")
     assert report.main([str(quick_run[2]), str(ablate_run[1])]) == 0
     md = capsys.readouterr().out
     for heading in (
@@ -164,7 +156,7 @@ def test_report_renders_the_results_sections(quick_run, ablate_run, capsys):
 
 
 def test_report_refuses_an_unknown_json(tmp_path):
-    report = _script("report")
+    report = benchmark_script("report")
     other = tmp_path / "other.json"
     other.write_text("{}")
     with pytest.raises(SystemExit, match="not a bench.py, ablate.py or load.py JSON"):

@@ -9,27 +9,18 @@ memory after the run within 20% of after warm-up, and uploads over the cap refus
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from scripts import benchmark_script
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets" / "examples"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("medconddiff_load", REPO / "benchmarks" / "load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-load = _load_script()
+load = benchmark_script("load")
 
 
 @pytest.mark.slow
@@ -73,9 +64,7 @@ def test_requests_name_only_the_offered_models(tmp_path):
 
 
 def test_load_figures_render_as_the_results_section():
-    spec = importlib.util.spec_from_file_location("medconddiff_report", REPO / "benchmarks" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = benchmark_script("report")
     r = load.Report(users=8, duration_s=180, weights="brats-demo", models=["brats-demo"], steps=4)
     r.requests, r.good_sent, r.good_ok, r.bad_sent, r.bad_ok = 10, 6, 6, 4, 3
     r.server_alive_after, r.concurrency_limit, r.max_concurrent_samplings = True, 1, 1

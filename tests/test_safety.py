@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import ast
 import http.client
-import importlib.util
 import pickle
-import sys
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +18,7 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
+from scripts import benchmark_script
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets" / "examples"
@@ -27,15 +26,7 @@ EXAMPLE = EXAMPLES / "brats_pat0003_z080_flair.png"
 PAIR = [EXAMPLE, EXAMPLES / "brats_pat0003_z080_t1c.png"]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("medconddiff_load", REPO / "benchmarks" / "load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-load = _load_script()
+load = benchmark_script("load")
 
 
 class Secrets:
