@@ -132,12 +132,12 @@ def sample_loop(
     layout = torch.channels_last if channels_last else torch.contiguous_format
     cond_e = cond.repeat(ensemble, *([1] * (cond.dim() - 1)))  # (E*B, width, h, w), member-major
     cond_e = cond_e.contiguous(memory_format=layout)
-    x_t = torch.randn((ensemble * b, k, h, w), generator=generator).to(cond.device, cond.dtype)
     rows = ensemble * b
+    x_t = torch.randn((rows, k, h, w), generator=generator).to(cond.device, cond.dtype)
     chunk = denoiser_chunk(model, cond) if chunk is None else max(1, int(chunk))
     for i, t in enumerate(scheduler.timesteps):
         x_t = x_t.contiguous(memory_format=layout)  # a no-op unless the update changed the layout
-        t_batch = torch.full((ensemble * b,), float(t), device=cond.device)
+        t_batch = torch.full((rows,), float(t), device=cond.device)
         with torch.autocast(cond.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
             parts = [
                 model.denoise(x_t[r : r + chunk], t_batch[r : r + chunk], cond_e[r : r + chunk])
