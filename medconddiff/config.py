@@ -59,7 +59,15 @@ class MedCondDiffConfig:
     backbone: str = "pvt_v2_b1"  # timm name; the paper's lightweight choice
     pretrained_backbone: bool = False  # fetch ImageNet weights from the Hub when building from scratch
     fusion: str = "add"  # how image features meet the mask branch: add | concat | none (paper Table 3)
-    width: int = 256  # channels of the fused stride-4 map (the authors' decoder width)
+    width: int = 256  # channels of the semantic decoder's stride-4 map (the authors' decoder width)
+    # channels of the per-step mask branch; `cond` is projected from `width` to this once per image.
+    # The denoiser runs S x E times per image, so its width sets the cost of steps and members
+    # (benchmarks/RESULTS.md); config.json files older than this field mean denoiser_width = width.
+    denoiser_width: int = 96
+    # where the mask branch's last convolution runs: 2 = at half resolution, its 4K outputs
+    # pixel-shuffled into the K full-resolution logits (no full-resolution feature maps);
+    # 1 = a feature map at full resolution first (config.json files older than the field).
+    head_stride: int = 2
     context_blocks: int = 2  # residual blocks on the stride-32 features: global context, cheap to run
     time_embed_dim: int = 256  # size of the log-SNR embedding
     # --- the diffusion process
@@ -96,6 +104,12 @@ class MedCondDiffConfig:
             )
         if not 8 <= self.width <= MAX_WIDTH or self.width % 8:
             problems.append(f"width must be a multiple of 8 between 8 and {MAX_WIDTH}, got {self.width}")
+        if not 8 <= self.denoiser_width <= MAX_WIDTH or self.denoiser_width % 8:
+            problems.append(
+                f"denoiser_width must be a multiple of 8 between 8 and {MAX_WIDTH}, got {self.denoiser_width}"
+            )
+        if self.head_stride not in (1, 2):
+            problems.append(f"head_stride must be 1 or 2, got {self.head_stride}")
         if not 2 <= self.time_embed_dim <= MAX_WIDTH or self.time_embed_dim % 2:
             problems.append(f"time_embed_dim must be even, between 2 and {MAX_WIDTH}, got {self.time_embed_dim}")
         if not 0 <= self.context_blocks <= 16:
@@ -149,6 +163,8 @@ class MedCondDiffConfig:
         if not isinstance(data, dict):
             raise WeightsError(f"{source}: expected a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
+        if "denoiser_width" not in data and "width" in data:  # saved before these fields existed:
+            data = {**data, "denoiser_width": data["width"], "head_stride": data.get("head_stride", 1)}
         unknown = sorted(set(data) - names)
         missing = sorted(names - set(data))
         if unknown:

@@ -1,15 +1,18 @@
 """The MedCondDiff network: image encoder (run once) + mask denoiser (run every step).
 
     image (B, C, H, W) --1x1 adapter--> (B, 3, H, W) --PVT-v2 (timm)--> C1..C4 (strides 4..32)
-        --semantic decoder--> cond (B, width, H/4, W/4)                 [encode_image, once per image]
-    x_t (B, K, H, W) --pixel-unshuffle x4, 1x1--> time-conditioned block --> z (B, width, H/4, W/4)
+        --semantic decoder--> (B, width, H/4, W/4) --1x1--> cond (B, dw, H/4, W/4)  [encode_image, once per image]
+    x_t (B, K, H, W) --pixel-unshuffle x4, 1x1--> time-conditioned block --> z (B, dw, H/4, W/4)
     fuse(z, cond): z + cond (add, the paper's choice) | 1x1(cat) (concat) | z (none)
-        --> time-conditioned block --> 2 x PixelShuffle(2) --> x0 logits (B, K, H, W)   [denoise, every step]
+        --> time-conditioned block --> 1x1, PixelShuffle(2) --> depthwise 3x3, 1x1 to 4K, PixelShuffle(2)
+        --> x0 logits (B, K, H, W)                                        [denoise, every step]
 
 The backbone sees only the image, so `cond` is computed once and reused at every sampling
 step and for every ensemble member. The per-step part uses depthwise-separable convolutions at
-stride 4 to stay cheap; the parameters that give capacity sit where compute is cheap (the
-backbone and the stride-32 context blocks).
+stride 4 at `denoiser_width` (dw, 96 by default, against the decoder's 256: a row's stride-4 map
+then fits a 2 MB L2 cache at 256 px) to stay cheap, because it runs S x E times per image; the
+parameters that give capacity sit where compute is paid once (the backbone, the stride-32 context
+blocks, the decoder). benchmarks/RESULTS.md has the measurements behind these choices.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class MedCondDiff(
         if isinstance(config, dict):  # from_pretrained hands over a plain dict on some paths
             config = MedCondDiffConfig.from_dict(config)
         self.config = config
-        k, w = config.num_classes, config.width
+        k, w = config.num_classes, config.denoiser_width
         self.schedule = CosineLogSNR.from_config(config)
 
         if config.fusion != "none":  # the "none" ablation arm has no image pathway at all
@@ -127,7 +130,11 @@ class MedCondDiff(
             self.backbone = timm.create_model(
                 config.backbone, features_only=True, pretrained=config.pretrained_backbone
             )
-            self.decoder = SemanticDecoder(self.backbone.feature_info.channels(), w, config.context_blocks)
+            self.decoder = SemanticDecoder(
+                self.backbone.feature_info.channels(), config.width, config.context_blocks
+            )
+            if w != config.width:  # once per image: the denoiser never pays for the decoder's width
+                self.cond_proj = nn.Conv2d(config.width, w, 1)
         if config.fusion == "concat":
             self.fuse = nn.Conv2d(2 * w, w, 1)
 
@@ -137,33 +144,45 @@ class MedCondDiff(
         self.mask_block = TimeBlock(w, t)
         self.mid_block = TimeBlock(w, t)
         self.up1 = nn.Sequential(nn.Conv2d(w, 4 * (w // 2), 1), nn.PixelShuffle(2))  # stride 4 -> 2
-        self.up2 = nn.Sequential(  # stride 2 -> 1
-            nn.GroupNorm(_groups(w // 2), w // 2),
-            nn.SiLU(),
-            nn.Conv2d(w // 2, 4 * (w // 8), 1),
-            nn.PixelShuffle(2),
-        )
-        self.head = nn.Sequential(nn.GroupNorm(_groups(w // 8), w // 8), nn.SiLU(), nn.Conv2d(w // 8, k, 3, padding=1))
+        if config.head_stride == 2:  # last convs at stride 2, 4K outputs shuffled into K logits
+            self.head = nn.Sequential(
+                nn.GroupNorm(_groups(w // 2), w // 2),
+                nn.SiLU(),
+                nn.Conv2d(w // 2, w // 2, 3, padding=1, groups=w // 2),
+                nn.Conv2d(w // 2, 4 * k, 1),
+                nn.PixelShuffle(2),
+            )
+        else:  # head_stride 1: a w/8-channel map at full resolution, then the conv
+            self.up2 = nn.Sequential(
+                nn.GroupNorm(_groups(w // 2), w // 2),
+                nn.SiLU(),
+                nn.Conv2d(w // 2, 4 * (w // 8), 1),
+                nn.PixelShuffle(2),
+            )
+            self.head = nn.Sequential(
+                nn.GroupNorm(_groups(w // 8), w // 8), nn.SiLU(), nn.Conv2d(w // 8, k, 3, padding=1)
+            )
 
     # -- the two entry points -------------------------------------------------------------
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised image -> cond (B, width, H/4, W/4); (B, 0, H/4, W/4) for fusion "none"."""
+        """(B, C, H, W) normalised image -> cond (B, dw, H/4, W/4); (B, 0, H/4, W/4) for fusion "none"."""
         b, _, h, w = image.shape
         if self.config.fusion == "none":
             return image.new_zeros(b, 0, h // 4, w // 4)
-        feats = self.backbone(self.adapter(image))
-        return self.decoder(feats)
+        cond = self.decoder(self.backbone(self.adapter(image)))
+        return self.cond_proj(cond) if hasattr(self, "cond_proj") else cond
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x_t (B, K, H, W), t (B,) in [0, 1], cond (B, width, H/4, W/4) -> x0 logits (B, K, H, W)."""
+        """x_t (B, K, H, W), t (B,) in [0, 1], cond (B, dw, H/4, W/4) -> x0 logits (B, K, H, W)."""
         temb = self.time_mlp(logsnr_embedding(self.schedule.logsnr(t.float()), self.config.time_embed_dim))
-        z = self.mask_block(self.mask_in(x_t), temb)  # (B, width, H/4, W/4)
+        z = self.mask_block(self.mask_in(x_t), temb)  # (B, dw, H/4, W/4)
         if self.config.fusion == "add":
             z = z + cond
         elif self.config.fusion == "concat":
             z = self.fuse(torch.cat([z, cond], dim=1))
         z = self.mid_block(z, temb)
-        return self.head(self.up2(self.up1(z)))
+        z = self.up1(z)  # (B, dw/2, H/2, W/2)
+        return self.head(self.up2(z) if self.config.head_stride == 1 else z)
 
     def forward(self, image: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Training entry: image (B, C, H, W), x_t (B*R, K, H, W), t (B*R,) -> logits (B*R, K, H, W).
@@ -173,7 +192,7 @@ class MedCondDiff(
         cond = self.encode_image(image)
         repeats = x_t.shape[0] // image.shape[0]
         if repeats > 1:
-            cond = cond.repeat_interleave(repeats, dim=0)  # (B*R, width, H/4, W/4)
+            cond = cond.repeat_interleave(repeats, dim=0)  # (B*R, dw, H/4, W/4)
         return self.denoise(x_t, t, cond)
 
     @classmethod

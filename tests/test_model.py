@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -24,7 +26,7 @@ def test_shapes_and_finite(fusion, size, channels, classes):
     with torch.no_grad():
         cond = model.encode_image(image)
         logits = model.denoise(x_t, t, cond)
-    assert cond.shape == (2, 0 if fusion == "none" else cfg.width, size // 4, size // 4)
+    assert cond.shape == (2, 0 if fusion == "none" else cfg.denoiser_width, size // 4, size // 4)
     assert logits.shape == (2, classes, size, size)
     assert torch.isfinite(logits).all()
 
@@ -99,3 +101,44 @@ def test_config_is_strict(tmp_path):
         MedCondDiffConfig(fusion="multiply")
     with pytest.raises(WeightsError, match="multiple of 32"):
         MedCondDiffConfig(image_size=100)
+
+
+def test_config_without_the_denoiser_fields_builds_the_earlier_layout(tmp_path):
+    """config.json files saved before `denoiser_width` / `head_stride` existed load as what they were:
+    the mask branch at the decoder's width and a full-resolution head, with their weights intact."""
+    legacy = MedCondDiffConfig(image_size=64, width=64, denoiser_width=64, head_stride=1)
+    d = legacy.to_dict()
+    del d["denoiser_width"], d["head_stride"]
+    assert MedCondDiffConfig.from_dict(d) == legacy
+    torch.manual_seed(0)
+    model = MedCondDiff(legacy).eval()
+    assert hasattr(model, "up2") and not hasattr(model, "cond_proj")
+    save_model(model, tmp_path / "w")
+    (tmp_path / "w" / "config.json").write_text(json.dumps(d))
+    loaded = load_model(tmp_path / "w")
+    image, x_t, t = torch.randn(1, 2, 64, 64), torch.randn(1, 5, 64, 64), torch.tensor([0.4])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.denoise(x_t, t, loaded.encode_image(image)), model.denoise(x_t, t, model.encode_image(image))
+        )
+
+
+def test_denoiser_runs_at_its_own_width_and_never_at_full_resolution():
+    """The per-step branch is `denoiser_width` wide (cond projected once per image) and, with
+    head_stride 2, holds no feature map at full resolution: only the K logits are full size."""
+    torch.manual_seed(0)
+    model = MedCondDiff(MedCondDiffConfig(image_size=64, width=64, denoiser_width=32)).eval()
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape))) for m in model.head]
+    with torch.no_grad():
+        cond = model.encode_image(torch.randn(1, 2, 64, 64))
+        logits = model.denoise(torch.randn(1, 5, 64, 64), torch.tensor([0.5]), cond)
+    for h in hooks:
+        h.remove()
+    assert cond.shape == (1, 32, 16, 16)
+    assert logits.shape == (1, 5, 64, 64)
+    assert all(s[-1] == 32 for s in shapes[:-1]) and shapes[-1] == (1, 5, 64, 64)  # stride 2 until the shuffle
+    with pytest.raises(WeightsError, match="head_stride must be 1 or 2"):
+        MedCondDiffConfig(head_stride=4)
+    with pytest.raises(WeightsError, match="denoiser_width must be a multiple of 8"):
+        MedCondDiffConfig(denoiser_width=100)

@@ -45,6 +45,8 @@ def model_card(weights_dir: Path, report: dict | None, *, notes: str = "") -> st
         f"- classes: {', '.join(f'{i} {n}' for i, n in enumerate(cfg['class_names']))}",
         f"- fusion: {cfg['fusion']}; sampling defaults: {cfg['default_steps']} steps {cfg['default_sampler']}, "
         f"consensus {cfg['default_consensus']}",
+        f"- network: {cfg['backbone']} backbone, decoder width {cfg['width']}, per-step mask branch width "
+        f"{cfg.get('denoiser_width', cfg['width'])} with its last convolutions at stride {cfg.get('head_stride', 1)}",
         "- weights: fp16 safetensors (upcast to fp32 on load); trained from scratch (no ImageNet initialisation)",
         "",
         "## Data and licence",
