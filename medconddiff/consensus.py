@@ -27,14 +27,28 @@ def mean_probs(logits: torch.Tensor, logsnr: torch.Tensor | None = None) -> torc
     return logits.softmax(dim=-3).mean(dim=(0, 1))
 
 
+def step_labels(logits: torch.Tensor) -> torch.Tensor:
+    """The argmax class of every step and member: (S, E, ..., K, H, W) -> (S, E, ..., H, W) uint8.
+
+    One byte per pixel (K <= 255): the votes and the agreement map both count these, so `fuse`
+    takes the argmax over the whole trajectory once.
+    """
+    return logits.argmax(dim=-3).to(torch.uint8)
+
+
+def vote_shares(votes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(S, E, ..., H, W) class votes -> (..., K, H, W) the share of steps x members voting for each class."""
+    n = votes.shape[0] * votes.shape[1]
+    counts = [(votes == c).sum(dim=(0, 1), dtype=torch.int32) for c in range(num_classes)]
+    return torch.stack(counts, dim=-3).float() / n
+
+
 def majority_vote(logits: torch.Tensor, logsnr: torch.Tensor | None = None) -> torch.Tensor:
     """Each step and member votes for its argmax class; probabilities are the vote shares.
 
     Ties go to the lower class index (background first), by argmax's rule.
     """
-    k = logits.shape[-3]
-    votes = torch.nn.functional.one_hot(logits.argmax(dim=-3), k)  # (S, E, ..., H, W, K)
-    return votes.float().mean(dim=(0, 1)).movedim(-1, -3)
+    return vote_shares(step_labels(logits), logits.shape[-3])
 
 
 def snr_weighted(logits: torch.Tensor, logsnr: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,14 +82,28 @@ class Consensus:
     entropy: torch.Tensor  # (..., H, W) predictive entropy of `probs`, divided by log K: in [0, 1]
 
 
-def fuse(logits: torch.Tensor, logsnr: torch.Tensor | None = None, *, method: str = "mean_logits") -> Consensus:
-    """logits (S, E, ..., K, H, W), logsnr (S,) -> `Consensus` with the label map and uncertainty maps."""
+def fuse(
+    logits: torch.Tensor,
+    logsnr: torch.Tensor | None = None,
+    *,
+    method: str = "mean_logits",
+    votes: torch.Tensor | None = None,
+) -> Consensus:
+    """logits (S, E, ..., K, H, W), logsnr (S,) -> `Consensus` with the label map and uncertainty maps.
+
+    `votes`: `step_labels(logits)` when the caller already has it (the sampling loop computes it
+    step by step, while each step's logits are in cache).
+    """
     if method not in CONSENSUS:
         raise SettingsError(f"unknown consensus {method!r}; accepted: {', '.join(CONSENSUS)}")
     logits = logits.float()
-    probs = CONSENSUS[method](logits, logsnr)
+    k = logits.shape[-3]
+    if votes is None:
+        votes = step_labels(logits)  # (S, E, ..., H, W), shared by the votes and the agreement map
+    probs = vote_shares(votes, k) if method == "majority_vote" else CONSENSUS[method](logits, logsnr)
     labels = probs.argmax(dim=-3)
-    agreement = (logits.argmax(dim=-3) == labels).float().mean(dim=(0, 1))
-    k = probs.shape[-3]
+    agreement = (votes == labels.to(torch.uint8)).sum(dim=(0, 1), dtype=torch.int32).float() / (
+        votes.shape[0] * votes.shape[1]
+    )
     entropy = -(probs * probs.clamp(min=1e-12).log()).sum(dim=-3) / math.log(k)
     return Consensus(probs=probs, labels=labels, agreement=agreement, entropy=entropy.clamp(0, 1))

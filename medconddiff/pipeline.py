@@ -18,7 +18,7 @@ import torch
 from . import io
 from .consensus import CONSENSUS, fuse
 from .errors import SettingsError
-from .sampler import MAX_ENSEMBLE, MAX_STEPS, StepRecord, sample_loop
+from .sampler import MAX_ENSEMBLE, MAX_STEPS, StepRecord, sample_loop, trajectory_buffer
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit value; larger ones overflow inside torch
 
@@ -65,6 +65,7 @@ class Trajectory:
     logsnr: np.ndarray  # (S,) noise levels (higher = cleaner)
     logits: torch.Tensor  # (S, E, K, size, size) predicted x0 logits
     x_t: torch.Tensor | None  # (S, E, K, size, size) noisy masks fed in, if kept
+    labels: torch.Tensor | None = None  # (S, E, size, size) uint8 argmax of `logits`, if computed
 
 
 @dataclass
@@ -112,7 +113,7 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 
 
 def encode(model, batch: torch.Tensor, *, precision: str = "fp32") -> torch.Tensor:
-    """(B, C, size, size) model-grid images -> cond (B, width, size/4, size/4), float32.
+    """(B, C, size, size) model-grid images -> cond (B, denoiser_width, size/4, size/4), float32.
 
     The once-per-image part: the backbone and semantic decoder, under autocast when `precision`
     asks for it; `cond` comes back in float32 so the sampling state stays float32.
@@ -130,6 +131,7 @@ def stack_steps(logits: list[torch.Tensor]) -> torch.Tensor:
 
     The consensus reduces over K (softmax, argmax): about 3x faster on this layout than on the
     contiguous one (benchmarks/RESULTS.md). The values and shape are those of `torch.stack`.
+    On the CPU the pipeline has the loop write into one such buffer instead (`trajectory_buffer`).
     """
     return torch.stack([x.movedim(-3, -1) for x in logits]).movedim(-1, -3)
 
@@ -150,7 +152,7 @@ def _to_original(maps: torch.Tensor, geometry: io.Geometry, fill: torch.Tensor) 
 
 def _finish(traj: Trajectory, geometry: io.Geometry, method: str) -> Result:
     """Fuse a trajectory and bring the maps back to the original grid."""
-    c = fuse(traj.logits, torch.from_numpy(traj.logsnr), method=method)
+    c = fuse(traj.logits, torch.from_numpy(traj.logsnr), method=method, votes=traj.labels)
     k = c.probs.shape[0]
     bg = torch.zeros(k)
     bg[0] = 1.0  # outside the crop box: certain background
@@ -215,8 +217,13 @@ def iter_segment_slices(
     if active:
         batch = torch.stack([io.to_model_grid(slices[i], geoms[i], background=bg) for i in active]).to(device)
         with torch.inference_mode():
-            # (B, width, size/4, size/4): computed once, shared by every step and member
+            # (B, denoiser_width, size/4, size/4): computed once, shared by every step and member
             cond = encode(model, batch, precision=precision)
+            # on the CPU the loop writes every step into one K-innermost buffer: no copy at the end
+            out = None
+            if device.type == "cpu":
+                rows = settings.ensemble * len(active)
+                out = trajectory_buffer(settings.steps, rows, config.num_classes, config.image_size)
             records = []
             for rec in sample_loop(
                 model,
@@ -228,16 +235,33 @@ def iter_segment_slices(
                 keep_x_t=keep_trajectory,
                 channels_last=channels_last,
                 autocast_dtype=dtype,
+                out=out,
             ):
-                rec = replace(rec, logits=rec.logits.cpu(), x_t=None if rec.x_t is None else rec.x_t.cpu())
+                rec = replace(
+                    rec,
+                    logits=rec.logits.cpu(),
+                    labels=rec.labels.cpu(),
+                    x_t=None if rec.x_t is None else rec.x_t.cpu(),
+                )
                 records.append(rec)
                 yield rec
         t = np.array([r.t for r in records])
         logsnr = np.array([r.logsnr for r in records])
-        logits = stack_steps([r.logits for r in records])  # (S, E, B, K, size, size)
+        e, b = settings.ensemble, len(active)
+        if out is not None:  # (S, E*B, K, size, size) -> (S, E, B, K, size, size), a view
+            logits = out.reshape(len(records), e, b, *out.shape[2:])
+        else:
+            logits = stack_steps([r.logits for r in records])
+        labels = torch.stack([r.labels for r in records])  # (S, E, B, size, size) uint8
         x_t = torch.stack([r.x_t for r in records]) if keep_trajectory else None
         for j, i in enumerate(active):
-            traj = Trajectory(t=t, logsnr=logsnr, logits=logits[:, :, j], x_t=None if x_t is None else x_t[:, :, j])
+            traj = Trajectory(
+                t=t,
+                logsnr=logsnr,
+                logits=logits[:, :, j],
+                x_t=None if x_t is None else x_t[:, :, j],
+                labels=labels[:, :, j],
+            )
             res = _finish(traj, geoms[i], settings.consensus)
             results[i] = res if keep_trajectory else replace(res, trajectory=None)
     for i in range(len(slices)):

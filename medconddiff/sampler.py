@@ -46,28 +46,48 @@ class MaskScheduler:
         self.timesteps = grid[:-1]
         self._next = grid[1:]
 
+    def needs_noise(self, index: int) -> bool:
+        """Whether the update from timesteps[index] adds noise (ancestral steps before the last)."""
+        return self.kind == "ddpm" and index < len(self.timesteps) - 1
+
     def step(
-        self, x0_hat: torch.Tensor, index: int, x_t: torch.Tensor, *, generator: torch.Generator | None = None
+        self,
+        x0_hat: torch.Tensor,
+        index: int,
+        x_t: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> StepOutput:
-        """One update from timesteps[index] to the next time. x0_hat, x_t: (N, K, H, W)."""
+        """One update from timesteps[index] to the next time. x0_hat, x_t: (N, K, H, W).
+
+        Ancestral noise is `noise` when given (rows of a draw made for the whole batch), else
+        drawn here from `generator`.
+        """
         t = self.timesteps[index : index + 1]
         s = self._next[index : index + 1]
         a_t, s_t = (v.double() for v in self.schedule.alpha_sigma(t))
         a_s, s_s = (v.double() for v in self.schedule.alpha_sigma(s))
         last = index == len(self.timesteps) - 1
+        # Both rules are linear in (x_t, x0_hat): the coefficients come first, in float64, so the
+        # update over every row costs two passes (three with noise) instead of one per operator.
         if last:
             prev = x0_hat
         elif self.kind == "ddim":
-            eps = (x_t - float(a_t) * x0_hat) / float(s_t)
-            prev = float(a_s) * x0_hat + float(s_s) * eps
+            # x_s = a_s x0 + s_s eps, eps = (x_t - a_t x0) / s_t
+            c_x = s_s / s_t
+            c_0 = a_s - c_x * a_t
+            prev = torch.add(x_t * float(c_x), x0_hat, alpha=float(c_0))
         else:
             # posterior q(x_s | x_t, x0): alpha_{t|s} = a_t / a_s, sigma_{t|s}^2 = s_t^2 - alpha_{t|s}^2 s_s^2
             a_ts = a_t / a_s
             var_ts = s_t**2 - a_ts**2 * s_s**2
-            mean = (a_ts * s_s**2 / s_t**2) * x_t + (a_s * var_ts / s_t**2) * x0_hat
+            c_x = a_ts * s_s**2 / s_t**2
+            c_0 = a_s * var_ts / s_t**2
             std = (var_ts * s_s**2 / s_t**2).sqrt()
-            noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype).to(x_t.device)
-            prev = mean.to(x_t.dtype) + float(std) * noise
+            if noise is None:
+                noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype).to(x_t.device)
+            prev = torch.add(x_t * float(c_x), x0_hat, alpha=float(c_0)).add_(noise, alpha=float(std))
         return StepOutput(prev_sample=prev, pred_original_sample=x0_hat)
 
 
@@ -81,22 +101,33 @@ class StepRecord:
     logsnr: float  # noise level; higher is cleaner
     x_t: torch.Tensor | None  # the noisy mask fed in            (E, B, K, H, W)
     logits: torch.Tensor  # predicted x0 logits              (E, B, K, H, W)
+    labels: torch.Tensor | None = None  # argmax class of `logits`, uint8 (E, B, H, W)
 
 
-CPU_CHUNK_ELEMENTS = 1 << 20  # denoiser rows per call on the CPU: about 4 MB of fp32 activations per tensor
+CPU_CHUNK_ELEMENTS = 1 << 19  # denoiser rows per call on the CPU: about 2 MB of fp32 activations per tensor
 
 
 def denoiser_chunk(model, cond: torch.Tensor) -> int:
     """How many rows (members x images) the denoiser takes per call on `cond`'s device.
 
     On the CPU a batch whose activations outgrow the cache runs slower per row than single rows
-    (256 px, width 256: 37 ms per row alone, 86 ms per row in a batch of 4; benchmarks/RESULTS.md),
-    so rows go through in chunks of about CPU_CHUNK_ELEMENTS activations; GPUs take every row at once.
+    (denoiser width 128, ms per row in batches of 1 / 2 / 4: 7.3 / 10.7 / 11.2 at 256 px, 12.2 / 22.6 /
+    30.4 at 352 px, but 2.2 / 1.8 / 1.5 at 128 px), so rows go through in chunks of about
+    CPU_CHUNK_ELEMENTS activations (a 2 MB L2 cache per core here); GPUs take every row at once.
     """
     if cond.device.type != "cpu":
         return 1 << 30
-    per_row = model.config.width * cond.shape[-2] * cond.shape[-1]
+    per_row = model.config.denoiser_width * cond.shape[-2] * cond.shape[-1]
     return max(1, CPU_CHUNK_ELEMENTS // max(1, per_row))
+
+
+def trajectory_buffer(steps: int, rows: int, num_classes: int, size: int, device=None) -> torch.Tensor:
+    """An empty (S, rows, K, size, size) float32 trajectory laid out with K innermost in memory.
+
+    The consensus reduces over K (softmax, argmax), which is about 3x faster on this layout than
+    on the contiguous one (benchmarks/RESULTS.md); `sample_loop(out=...)` writes each step into it.
+    """
+    return torch.empty((steps, rows, size, size, num_classes), device=device).movedim(-1, 2)
 
 
 def sample_loop(
@@ -111,41 +142,57 @@ def sample_loop(
     channels_last: bool = False,
     autocast_dtype: torch.dtype | None = None,
     chunk: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> Iterator[StepRecord]:
     """Run S denoising steps for B images x E members as one batch, yielding a record per step.
 
-    cond (B, width, h, w) comes from `model.encode_image` and is shared by all members; the
+    cond (B, denoiser_width, h, w) comes from `model.encode_image` and is shared by all members; the
     starting noise and any ancestral noise come from `generator` (on the CPU, so a seed gives the
     same masks on every device). `channels_last` runs the denoiser on (N, H, W, K)-strided tensors:
     the same values, laid out for faster oneDNN convolutions on the CPU. `autocast_dtype`
     (torch.bfloat16 / torch.float16) runs the denoiser under autocast; the logits, x_t and the
-    update stay float32. `chunk` caps how many of the E*B rows go through the denoiser in one call
-    (None: `denoiser_chunk` picks by device); the noise and the update still cover all rows at once.
+    update stay float32.
+
+    `chunk` caps how many of the E*B rows go through the denoiser in one call (None:
+    `denoiser_chunk` picks by device). Each chunk's softmax, update and argmax run right after
+    its denoiser call, while its maps are still in cache; the noise is drawn for all rows at
+    once, so the masks do not depend on the chunking. `out` (from `trajectory_buffer`, S x E*B
+    rows) receives every step's logits, and the records' logits are views into it.
     """
     if not 1 <= int(ensemble) <= MAX_ENSEMBLE:
         raise SettingsError(f"ensemble must be between 1 and {MAX_ENSEMBLE}, got {ensemble}")
     b = cond.shape[0]
     k = model.config.num_classes
     h, w = cond.shape[-2] * 4, cond.shape[-1] * 4
+    rows = ensemble * b
     scheduler = MaskScheduler(model.schedule, kind=sampler)
     scheduler.set_timesteps(steps)
+    if out is not None and tuple(out.shape) != (len(scheduler.timesteps), rows, k, h, w):
+        raise SettingsError(f"out must be shaped {(len(scheduler.timesteps), rows, k, h, w)}, got {tuple(out.shape)}")
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    cond_e = cond.repeat(ensemble, *([1] * (cond.dim() - 1)))  # (E*B, width, h, w), member-major
+    cond_e = cond.repeat(ensemble, *([1] * (cond.dim() - 1)))  # (E*B, dw, h, w), member-major
     cond_e = cond_e.contiguous(memory_format=layout)
-    rows = ensemble * b
     x_t = torch.randn((rows, k, h, w), generator=generator).to(cond.device, cond.dtype)
     chunk = denoiser_chunk(model, cond) if chunk is None else max(1, int(chunk))
+    amp = torch.autocast(cond.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     for i, t in enumerate(scheduler.timesteps):
         x_t = x_t.contiguous(memory_format=layout)  # a no-op unless the update changed the layout
         t_batch = torch.full((rows,), float(t), device=cond.device)
-        with torch.autocast(cond.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
-            parts = [
-                model.denoise(x_t[r : r + chunk], t_batch[r : r + chunk], cond_e[r : r + chunk])
-                for r in range(0, rows, chunk)
-            ]
-            logits = parts[0] if len(parts) == 1 else torch.cat(parts)
-        logits = logits.float()  # (E*B, K, H, W)
-        x0_hat = probs_to_x0(logits.softmax(dim=1))
+        noise = None
+        if scheduler.needs_noise(i):
+            noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype).to(x_t.device)
+        logits = out[i] if out is not None else torch.empty_like(x_t, dtype=torch.float32)  # (E*B, K, H, W)
+        labels = torch.empty((rows, h, w), dtype=torch.uint8, device=cond.device)
+        x_next = torch.empty_like(x_t)
+        for r in range(0, rows, chunk):
+            rs = slice(r, r + chunk)
+            with amp:
+                part = model.denoise(x_t[rs], t_batch[rs], cond_e[rs])
+            part = part.float()
+            logits[rs] = part
+            labels[rs] = part.argmax(dim=1)
+            x0_hat = probs_to_x0(part.softmax(dim=1)).to(x_t.dtype)
+            x_next[rs] = scheduler.step(x0_hat, i, x_t[rs], noise=None if noise is None else noise[rs]).prev_sample
         yield StepRecord(
             index=i,
             num_steps=len(scheduler.timesteps),
@@ -153,5 +200,6 @@ def sample_loop(
             logsnr=float(model.schedule.logsnr(t.reshape(1))),
             x_t=x_t.float().reshape(ensemble, b, k, h, w) if keep_x_t else None,
             logits=logits.reshape(ensemble, b, k, h, w),
+            labels=labels.reshape(ensemble, b, h, w),
         )
-        x_t = scheduler.step(x0_hat.to(x_t.dtype), i, x_t, generator=generator).prev_sample
+        x_t = x_next

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from medconddiff.consensus import CONSENSUS, fuse
+from medconddiff.consensus import CONSENSUS, fuse, majority_vote, step_labels
 from medconddiff.errors import SettingsError
 
 LOGSNR = torch.tensor([-10.0, -2.0, 0.0, 3.0])
@@ -60,3 +60,18 @@ def test_probs_are_distributions_and_entropy_is_bounded():
 def test_unknown_consensus_is_a_settings_error():
     with pytest.raises(SettingsError, match="accepted"):
         fuse(torch.zeros(1, 1, 2, 2, 2), None, method="median")
+
+
+@pytest.mark.parametrize("method", sorted(CONSENSUS))
+def test_votes_given_by_the_loop_change_nothing(method):
+    """`fuse(votes=...)` (the loop's per-step argmax) equals fusing from the logits alone, and the
+    vote counting equals the one-hot mean it replaces."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(5, 3, 4, 6, 7, generator=g)  # (S, E, K, H, W)
+    logsnr = torch.linspace(-10, 10, 5)
+    a = fuse(logits, logsnr, method=method)
+    b = fuse(logits, logsnr, method=method, votes=step_labels(logits))
+    for name in ("probs", "labels", "agreement", "entropy"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    one_hot = torch.nn.functional.one_hot(logits.argmax(dim=-3), 4).float().mean(dim=(0, 1)).movedim(-1, -3)
+    torch.testing.assert_close(majority_vote(logits), one_hot, rtol=0, atol=1e-7)

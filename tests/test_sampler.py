@@ -9,7 +9,7 @@ import torch
 from medconddiff.config import MedCondDiffConfig
 from medconddiff.diffusion import CosineLogSNR, hybrid_loss, labels_to_x0, probs_to_x0, q_sample
 from medconddiff.errors import SettingsError
-from medconddiff.sampler import MaskScheduler, sample_loop
+from medconddiff.sampler import MaskScheduler, sample_loop, trajectory_buffer
 
 
 def test_schedule_endpoints_and_shift():
@@ -126,3 +126,27 @@ def test_chunked_denoiser_calls_give_the_one_batch_result(tiny_model, kind):
     for a, b in zip(whole, chunked, strict=True):
         torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=1e-4)
         torch.testing.assert_close(a.x_t, b.x_t, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_votes_and_trajectory_buffer_match_the_records(tiny_model, kind):
+    """Each record's `labels` are the argmax of its logits, and `out=` receives exactly the records'
+    logits (the records are views into it), laid out with the classes innermost."""
+    with torch.inference_mode():
+        cond = tiny_model.encode_image(torch.randn(2, 2, 64, 64, generator=torch.Generator().manual_seed(3)))
+
+        def run(**kw):
+            g = torch.Generator().manual_seed(7)
+            return list(sample_loop(tiny_model, cond, steps=4, ensemble=2, sampler=kind, generator=g, **kw))
+
+        out = trajectory_buffer(4, 2 * 2, 5, 64)
+        plain, buffered = run(), run(out=out)
+    assert out.stride(2) == 1  # K innermost
+    for i, (a, b) in enumerate(zip(plain, buffered, strict=True)):
+        assert a.labels.dtype == torch.uint8 and a.labels.shape == (2, 2, 64, 64)
+        assert torch.equal(a.labels, a.logits.argmax(dim=2).to(torch.uint8))
+        assert torch.equal(a.logits, b.logits) and torch.equal(a.labels, b.labels)
+        assert torch.equal(out[i].reshape(2, 2, 5, 64, 64), a.logits)
+        assert b.logits.data_ptr() == out[i].data_ptr()
+    with pytest.raises(SettingsError, match="out must be shaped"):
+        run(out=trajectory_buffer(3, 4, 5, 64))
