@@ -9,8 +9,9 @@ figures; this gives the evidence for each optimisation listed in benchmarks/RESU
 
 Experiments: autograd off (grad vs no_grad vs inference_mode), the denoiser's channels-last layout,
 channels-last weights as well (a candidate, not adopted), the trajectory's layout for the consensus
-(K innermost), ensemble rows per denoiser call (cache-sized chunks on the CPU), reduced-precision autocast (bf16 on the CPU, fp16 on CUDA), threads, slices per batch
-for a volume, and torch.compile of the denoiser (CUDA: mode reduce-overhead, i.e. CUDA graphs).
+(K innermost), the denoiser's architecture (width 256 + full-resolution head vs width 96 + stride-2
+head), ensemble rows per denoiser call (cache-sized chunks on the CPU), reduced-precision autocast
+(bf16 on the CPU, fp16 on CUDA), threads, slices per batch for a volume, and torch.compile of the denoiser (CUDA: mode reduce-overhead, i.e. CUDA graphs).
 Which of them the library keeps, and why, is listed in benchmarks/RESULTS.md (`report.py`).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import shlex
@@ -35,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
 from medconddiff import pipeline  # noqa: E402
+from medconddiff.config import MedCondDiffConfig  # noqa: E402
+from medconddiff.model import MedCondDiff  # noqa: E402
 from medconddiff.pipeline import (  # noqa: E402
     SamplingSettings,
     encode,
@@ -110,6 +114,10 @@ def experiments_at(size: int, raw, kind: str, args: argparse.Namespace, device: 
         print(f"{size}: consensus layout", file=sys.stderr, flush=True)
         for e in (1, 4):
             row[f"consensus_layout_e{e}"] = consensus_layout(model, raw, kind, e, args.repeats, device)
+    if "denoiser" in todo:
+        print(f"{size}: denoiser architecture", file=sys.stderr, flush=True)
+        for e in (1, 4):
+            row[f"denoiser_architecture_e{e}"] = denoiser_architectures(size, raw, kind, e, args.repeats, device)
     if "chunk" in todo:
         print(f"{size}: denoiser rows per call", file=sys.stderr, flush=True)
         row["denoiser_chunk_e4"] = denoiser_chunks(model, image, settings, 4, args.repeats, device)
@@ -180,6 +188,31 @@ def consensus_layout(model, raw, kind: str, ensemble: int, repeats: int, device:
     out = interleaved({"contiguous": finish(contiguous), "k_innermost": finish(k_last)}, repeats=repeats, device=device)
     out["ensemble"] = ensemble
     return with_ratio(out, "contiguous", "k_innermost")
+
+
+def denoiser_architectures(size: int, raw, kind: str, ensemble: int, repeats: int, device) -> dict:
+    """The mask branch as first built (at the decoder's width 256, a feature map at full resolution
+    before the last conv) vs now (`denoiser_width` 96, the last convs at stride 2 then a pixel
+    shuffle to the K logits). Random weights, the same image pathway; E members; speed only (the
+    masks differ: they are different networks). Also reports each arm's E / E=1 time ratio."""
+    config = MedCondDiffConfig(image_size=size)
+    legacy = dataclasses.replace(config, denoiser_width=config.width, head_stride=1)
+    arms = {}
+    for name, cfg in (("width256_full_res_head", legacy), ("width96_stride2_head", config)):
+        torch.manual_seed(0)
+        arms[name] = MedCondDiff(cfg).to(device).eval()
+    settings = replace(SamplingSettings.defaults_for(config), ensemble=ensemble)
+
+    def seg(net) -> Callable[[], None]:
+        return lambda: segment_image(net, raw, settings, kind=kind, keep_trajectory=False)
+
+    res = interleaved({name: seg(net) for name, net in arms.items()}, repeats=repeats, device=device)
+    res["ensemble"] = ensemble
+    res["denoiser_parameters"] = {
+        name: net.parameter_counts()["rest"] - sum(p.numel() for p in net.decoder.parameters())
+        for name, net in arms.items()
+    }
+    return with_ratio(res, "width256_full_res_head", "width96_stride2_head")
 
 
 def denoiser_chunks(model, image, settings: SamplingSettings, ensemble: int, repeats: int, device) -> dict:
@@ -322,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--volume-slices", type=int, default=16, help="slices for the batch-size sweep (0 skips)")
     ap.add_argument(
         "--experiments",
-        default="autograd,layout,consensus,chunk,autocast,threads,compile",
-        help="comma-separated subset of autograd,layout,consensus,chunk,autocast,threads,compile (compile: about a minute)",
+        default="autograd,layout,consensus,denoiser,chunk,autocast,threads,compile",
+        help="comma-separated subset of autograd,layout,consensus,denoiser,chunk,autocast,threads,compile "
+        "(compile: about a minute)",
     )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", metavar="OUT", default=None)

@@ -412,32 +412,47 @@ def bench_ensemble(model, raw: np.ndarray, kind: str, plan: Plan, perf: Perf, de
     """E members sampled as one batch sharing one `cond`, vs E separate single-member runs (both timed).
 
     The separate runs are E calls of the pipeline with one member each (seeds seed..seed+E-1): the
-    naive way to get E samples, re-running the backbone for each.
+    naive way to get E samples, re-running the backbone for each. The timings are interleaved:
+    each round times E = 1, 4, 8 back to back, and a ratio is the median over rounds of the
+    ratio within a round, so a machine that speeds up or slows down during the run (shared
+    hosts do) shifts both sides of a ratio alike.
     """
     base = SamplingSettings.defaults_for(model.config)
-    out: dict = {}
+    batches = {e: replace(base, ensemble=e) for e in ENSEMBLES}
+    seeds = {e: [replace(base, seed=base.seed + m) for m in range(e)] for e in ENSEMBLES}
 
     def segment(settings: SamplingSettings) -> None:
         segment_image(model, raw, settings, kind=kind, keep_trajectory=False, **perf.pipeline_kwargs())
 
-    for e in ENSEMBLES:
-        settings = replace(base, ensemble=e)
+    def timed(fn: Callable[[], object]) -> float:
+        return measure(fn, device=device, warmup=0, repeats=1)[0]
+
+    memory: dict = {}
+    for e in ENSEMBLES:  # warm-up, and the peak memory of each batch size on its own
         with PeakMemory(device) as mem:
-            times = measure(lambda s=settings: segment(s), device=device, warmup=plan.warmup, repeats=plan.runs)
-        row = {"one_batch": _stats(times), "memory": mem.result}
-        if e > 1:  # the single-member shapes are warm from E = 1
-            seeds = [replace(base, seed=base.seed + m) for m in range(e)]
-            separate = measure(
-                lambda seeds=seeds: [segment(s) for s in seeds], device=device, warmup=0, repeats=plan.runs
-            )
-            row["separate_runs"] = _stats(separate)
-        out[str(e)] = row
-    out["1"]["separate_runs"] = out["1"]["one_batch"]  # one member: the same run
-    single = out["1"]["one_batch"]["median"]
+            for _ in range(max(1, plan.warmup)):
+                segment(batches[e])
+        memory[e] = mem.result
+    one_batch: dict = {e: [] for e in ENSEMBLES}
+    separate: dict = {e: [] for e in ENSEMBLES}
+    for _ in range(plan.runs):
+        for e in ENSEMBLES:
+            one_batch[e].append(timed(lambda e=e: segment(batches[e])))
+            if e > 1:
+                separate[e].append(timed(lambda e=e: [segment(s) for s in seeds[e]]))
+    separate[1] = one_batch[1]  # one member: the same run
+    out: dict = {}
     for e in ENSEMBLES:
-        row = out[str(e)]
-        row["ratio_vs_1"] = row["one_batch"]["median"] / single
-        row["speedup_vs_separate"] = row["separate_runs"]["median"] / row["one_batch"]["median"]
+        per_round = [a / b for a, b in zip(one_batch[e], one_batch[1], strict=True)]
+        speedups = [a / b for a, b in zip(separate[e], one_batch[e], strict=True)]
+        out[str(e)] = {
+            "one_batch": _stats(one_batch[e]),
+            "separate_runs": _stats(separate[e]),
+            "memory": memory[e],
+            "ratio_vs_1": statistics.median(per_round),
+            "ratio_vs_1_rounds": [round(r, 4) for r in per_round],
+            "speedup_vs_separate": statistics.median(speedups),
+        }
     return out
 
 

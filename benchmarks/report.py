@@ -28,6 +28,17 @@ OPTIMISATIONS = {
     ),
     "consensus_layout_e1": ("trajectory stacked with K innermost for the consensus (E = 1)", "kept", "pipeline"),
     "consensus_layout_e4": ("trajectory stacked with K innermost for the consensus (E = 4)", "kept", "pipeline"),
+    "denoiser_architecture_e1": (
+        "denoiser (the per-step mask branch) at width 96 with a stride-2 head, instead of width 256 with a "
+        "full-resolution head (E = 1; a retrained model)",
+        "kept",
+        "config.denoiser_width, head_stride",
+    ),
+    "denoiser_architecture_e4": (
+        "the same, ensemble of 4",
+        "kept",
+        "config.denoiser_width, head_stride",
+    ),
     "denoiser_chunk_e4": (
         "ensemble of 4: cache-sized chunks of rows per denoiser call instead of one call (CPU)",
         "kept on CPU",
@@ -169,16 +180,19 @@ def speed_section(bench: dict) -> list[str]:
         "",
         f"`{bench['command']}` on {m['device']}, {m['threads']} threads ({perf}); input: {bench['inputs']['slice']}. "
         f"Medians of {bench['plan']['repeats']} repeats (per-call timings) and {bench['plan']['runs']} runs "
-        f"(segmentations) after {bench['plan']['warmup']} warm-up; batch 1; the model's default settings.",
+        f"(segmentations) after {bench['plan']['warmup']} warm-up; batch 1; each model's default settings "
+        "(*sampling*: steps, members, consensus).",
         "",
     ]
     rows = []
     for size, r in bench["sizes"].items():
         d = r["ddpm1000"]
+        st = r["default"]["settings"]
         rows.append(
             [
                 size,
                 r["weights"],
+                f"{st['steps']} {st['sampler']}, E={st['ensemble']}, {st['consensus']}",
                 f"{r['backbone_ms']:.1f}",
                 f"{r['denoiser_ms_per_step']:.1f}",
                 _s(r["default"]["median"]),
@@ -190,14 +204,13 @@ def speed_section(bench: dict) -> list[str]:
                 _mem(r["memory_default"]),
             ]
         )
-    head = ["px", "weights", "backbone ms/image", "denoiser ms/step", "default s", "core s", "every-step s", ""]
+    head = ["px", "weights", "sampling", "backbone ms/image", "denoiser ms/step", "default s", "core s", "every-step s", ""]
     out += table(head + ["DDPM-1000 s", "", "peak memory (default)"], rows)
     steps = sorted({r["ddpm1000"]["timed_steps"] for r in bench["sizes"].values()})
-    settings = next(iter(bench["sizes"].values()))["default"]["settings"]
     out += [
         "",
-        f"- *default*: one real slice end to end through `pipeline.segment_image` ({settings['steps']} "
-        f"{settings['sampler'].upper()} steps, {settings['ensemble']} member, `{settings['consensus']}` consensus): "
+        "- *default*: one real slice end to end through `pipeline.segment_image` with the model's *sampling* "
+        "defaults (shipped weights: their config.json; random weights: the library's, the authors' 10 steps): "
         "normalisation, resizing, sampling, consensus, back to the image grid.",
         "- *core*: the same from the model-grid tensor to the label map (backbone once, sampling loop, consensus).",
         "- *every-step*: the authors' structure, the backbone re-run at every step; otherwise identical to *core* "
@@ -213,11 +226,15 @@ def speed_section(bench: dict) -> list[str]:
 
 def ensemble_section(bench: dict) -> list[str]:
     ens = bench["ensemble"]
+    st = bench["sizes"][str(bench["headline_size"])]["default"]["settings"]
     out = [
         f"## Ensembles at {bench['headline_size']} px",
         "",
         "E members sampled in one batch sharing one `cond`, vs E separate one-member runs (each re-running the "
-        "backbone); both timed through `pipeline.segment_image`.",
+        f"backbone); both timed through `pipeline.segment_image` with {st['steps']} {st['sampler'].upper()} steps "
+        f"and `{st['consensus']}` consensus. Interleaved: each of the {len(next(iter(ens.values()))['one_batch']['samples'])} "
+        "rounds times E = 1, 4, 8 back to back; */ E=1* is the median of the ratios within a round, so drift of "
+        "the machine's speed during the run cancels.",
         "",
     ]
     rows = [
