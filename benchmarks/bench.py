@@ -435,7 +435,7 @@ def bench_ensemble(model, raw: np.ndarray, kind: str, plan: Plan, perf: Perf, de
         memory[e] = mem.result
     one_batch: dict = {e: [] for e in ENSEMBLES}
     separate: dict = {e: [] for e in ENSEMBLES}
-    for _ in range(plan.runs):
+    for _ in range(plan.repeats):  # the headline ratio: as many rounds as the per-call timings get
         for e in ENSEMBLES:
             one_batch[e].append(timed(lambda e=e: segment(batches[e])))
             if e > 1:

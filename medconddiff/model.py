@@ -175,7 +175,7 @@ class MedCondDiff(
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x_t (B, K, H, W), t (B,) in [0, 1], cond (B, dw, H/4, W/4) -> x0 logits (B, K, H, W)."""
         temb = self.time_mlp(logsnr_embedding(self.schedule.logsnr(t.float()), self.config.time_embed_dim))
-        z = self.mask_block(self.mask_in(x_t), temb)  # (B, dw, H/4, W/4)
+        z = self.mask_block(self._mask_in(x_t), temb)  # (B, dw, H/4, W/4)
         if self.config.fusion == "add":
             z = z + cond
         elif self.config.fusion == "concat":
@@ -183,6 +183,15 @@ class MedCondDiff(
         z = self.mid_block(z, temb)
         z = self.up1(z)  # (B, dw/2, H/2, W/2)
         return self.head(self.up2(z) if self.config.head_stride == 1 else z)
+
+    def _mask_in(self, x_t: torch.Tensor) -> torch.Tensor:
+        """`self.mask_in` (pixel-unshuffle x4, then a 1x1 conv) computed as the one 4x4 stride-4
+        convolution it equals: the 1x1 weights reshaped, since unshuffled channel c*16 + 4i + j
+        is pixel (i, j) of channel c. Same parameters, no unshuffled copy (0.48 -> 0.20 ms per
+        row at 256 px here)."""
+        conv = self.mask_in[1]
+        weight = conv.weight.reshape(conv.out_channels, self.config.num_classes, 4, 4)
+        return F.conv2d(x_t, weight, conv.bias, stride=4)
 
     def forward(self, image: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Training entry: image (B, C, H, W), x_t (B*R, K, H, W), t (B*R,) -> logits (B*R, K, H, W).

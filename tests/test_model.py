@@ -142,3 +142,13 @@ def test_denoiser_runs_at_its_own_width_and_never_at_full_resolution():
         MedCondDiffConfig(head_stride=4)
     with pytest.raises(WeightsError, match="denoiser_width must be a multiple of 8"):
         MedCondDiffConfig(denoiser_width=100)
+
+
+def test_mask_input_as_one_strided_conv_equals_unshuffle_then_1x1(tiny_model):
+    """`denoise` runs the mask input as a 4x4 stride-4 conv with the 1x1 conv's weights reshaped;
+    it must equal the module it stands for (pixel-unshuffle x4, then the 1x1 conv)."""
+    x_t = torch.randn(3, 5, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_model._mask_in(x_t), tiny_model.mask_in(x_t), rtol=1e-5, atol=1e-5)
+        cl = x_t.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(tiny_model._mask_in(cl), tiny_model.mask_in(x_t), rtol=1e-5, atol=1e-5)
