@@ -111,9 +111,10 @@ def denoiser_chunk(model, cond: torch.Tensor) -> int:
     """How many rows (members x images) the denoiser takes per call on `cond`'s device.
 
     On the CPU a batch whose activations outgrow the cache runs slower per row than single rows
-    (denoiser width 128, ms per row in batches of 1 / 2 / 4: 7.3 / 10.7 / 11.2 at 256 px, 12.2 / 22.6 /
-    30.4 at 352 px, but 2.2 / 1.8 / 1.5 at 128 px), so rows go through in chunks of about
-    CPU_CHUNK_ELEMENTS activations (a 2 MB L2 cache per core here); GPUs take every row at once.
+    (denoiser width 96, ms per row in batches of 1 / 2 / 4 / 8 on this project's 2-core CPU:
+    3.9 / 6.7 / 4.1 / 6.3 at 256 px and 7.2 / 7.3 / 11.9 / 23.8 at 352 px, but 1.4 / 1.1 / 1.0 / 0.9
+    at 128 px), so rows go through in chunks of about CPU_CHUNK_ELEMENTS activations (a 2 MB L2
+    cache per core there: 1 row at 256 px, 5 at 128 px); GPUs take every row at once.
     """
     if cond.device.type != "cpu":
         return 1 << 30
