@@ -8,8 +8,8 @@ machine load hits both alike; it reports medians and their ratio. `bench.py` giv
 figures; this gives the evidence for each optimisation listed in benchmarks/RESULTS.md.
 
 Experiments: autograd off (grad vs no_grad vs inference_mode), the denoiser's channels-last layout,
-channels-last weights as well (a candidate, not adopted), the trajectory's layout for the consensus
-(K innermost), the denoiser's architecture (width 256 + full-resolution head vs width 96 + stride-2
+channels-last weights as well (a candidate, not adopted), the trajectory buffer's layout (K innermost
+or contiguous, whole segmentation), the denoiser's architecture (width 256 + full-resolution head vs width 96 + stride-2
 head), ensemble rows per denoiser call (cache-sized chunks on the CPU), reduced-precision autocast
 (bf16 on the CPU, fp16 on CUDA), threads, slices per batch for a volume, and torch.compile of the denoiser (CUDA: mode reduce-overhead, i.e. CUDA graphs).
 Which of them the library keeps, and why, is listed in benchmarks/RESULTS.md (`report.py`).
@@ -172,20 +172,24 @@ def layouts(model, seg: Callable[..., Callable[[], None]], repeats: int, device:
 
 
 def consensus_layout(model, raw, kind: str, ensemble: int, repeats: int, device: torch.device) -> dict:
-    """The consensus and the return to the image grid (`pipeline._finish`) on one real trajectory, (S, E, K, H, W)
-    logits laid out contiguously vs with K innermost (what the pipeline now stacks)."""
+    """The CPU trajectory buffer laid out contiguously vs with K innermost (the default), timed on
+    the whole segmentation: the layout makes the loop's copy into the buffer cheaper or the
+    consensus that reads it cheaper, so only the total says which wins. The masks must match."""
     settings = replace(SamplingSettings.defaults_for(model.config), ensemble=ensemble)
-    res = segment_image(model, raw, settings, kind=kind, keep_trajectory=True)
-    traj = res.trajectory
-    contiguous = replace(traj, logits=traj.logits.contiguous())
-    k_last = replace(traj, logits=traj.logits.movedim(-3, -1).contiguous().movedim(-1, -3))
-    same = pipeline._finish(contiguous, res.geometry, settings.consensus).labels
-    assert (same == pipeline._finish(k_last, res.geometry, settings.consensus).labels).all()  # the same masks
 
-    def finish(t) -> Callable[[], None]:
-        return lambda: pipeline._finish(t, res.geometry, settings.consensus)
+    def seg(classes_innermost: bool) -> Callable[[], object]:
+        def go():
+            default = pipeline.TRAJECTORY_CLASSES_INNERMOST
+            pipeline.TRAJECTORY_CLASSES_INNERMOST = classes_innermost
+            try:
+                return segment_image(model, raw, settings, kind=kind, keep_trajectory=False)
+            finally:
+                pipeline.TRAJECTORY_CLASSES_INNERMOST = default
 
-    out = interleaved({"contiguous": finish(contiguous), "k_innermost": finish(k_last)}, repeats=repeats, device=device)
+        return go
+
+    assert (seg(False)().labels == seg(True)().labels).all()  # the same masks
+    out = interleaved({"contiguous": seg(False), "k_innermost": seg(True)}, repeats=repeats, device=device)
     out["ensemble"] = ensemble
     return with_ratio(out, "contiguous", "k_innermost")
 

@@ -26,8 +26,16 @@ OPTIMISATIONS = {
         "not adopted (a candidate for the weights loader)",
         "candidate",
     ),
-    "consensus_layout_e1": ("trajectory stacked with K innermost for the consensus (E = 1)", "kept", "pipeline"),
-    "consensus_layout_e4": ("trajectory stacked with K innermost for the consensus (E = 4)", "kept", "pipeline"),
+    "consensus_layout_e1": (
+        "trajectory buffer with K innermost instead of contiguous, whole segmentation (E = 1)",
+        "kept",
+        "pipeline.TRAJECTORY_CLASSES_INNERMOST",
+    ),
+    "consensus_layout_e4": (
+        "trajectory buffer with K innermost instead of contiguous, whole segmentation (E = 4)",
+        "kept",
+        "pipeline.TRAJECTORY_CLASSES_INNERMOST",
+    ),
     "denoiser_architecture_e1": (
         "denoiser (the per-step mask branch) at width 96 with a stride-2 head, instead of width 256 with a "
         "full-resolution head (E = 1; a retrained model)",
@@ -324,9 +332,8 @@ def optimisations_section(runs: dict[str, dict]) -> list[str]:
     out = [
         "## Optimisations and their measured effect",
         "",
-        "Before/after of each option, timed on one default segmentation of a real slice (consensus layout: the "
-        "consensus stage alone), the two variants alternating in every repeat (`ablate.py`); the design's own "
-        "savings come from `bench.py`. *kept* = what the library does by default; *opt-in* = an argument; "
+        "Before/after of each option, timed on one default segmentation of a real slice, the two variants "
+        "alternating in every repeat (`ablate.py`); the design's own savings come from `bench.py`. *kept* = what the library does by default; *opt-in* = an argument; "
         "*not adopted* = measured, left out.",
         "",
     ]

@@ -20,6 +20,7 @@ from .consensus import CONSENSUS, fuse
 from .errors import SettingsError
 from .sampler import MAX_ENSEMBLE, MAX_STEPS, StepRecord, sample_loop, trajectory_buffer
 
+TRAJECTORY_CLASSES_INNERMOST = True  # the CPU trajectory buffer's layout (benchmarks/ablate.py times both)
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit value; larger ones overflow inside torch
 
 
@@ -219,11 +220,17 @@ def iter_segment_slices(
         with torch.inference_mode():
             # (B, denoiser_width, size/4, size/4): computed once, shared by every step and member
             cond = encode(model, batch, precision=precision)
-            # on the CPU the loop writes every step into one K-innermost buffer: no copy at the end
+            # on the CPU the loop writes every step into one buffer: no copy at the end
             out = None
             if device.type == "cpu":
                 rows = settings.ensemble * len(active)
-                out = trajectory_buffer(settings.steps, rows, config.num_classes, config.image_size)
+                out = trajectory_buffer(
+                    settings.steps,
+                    rows,
+                    config.num_classes,
+                    config.image_size,
+                    classes_innermost=TRAJECTORY_CLASSES_INNERMOST,
+                )
             records = []
             for rec in sample_loop(
                 model,

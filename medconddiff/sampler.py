@@ -122,12 +122,17 @@ def denoiser_chunk(model, cond: torch.Tensor) -> int:
     return max(1, CPU_CHUNK_ELEMENTS // max(1, per_row))
 
 
-def trajectory_buffer(steps: int, rows: int, num_classes: int, size: int, device=None) -> torch.Tensor:
-    """An empty (S, rows, K, size, size) float32 trajectory laid out with K innermost in memory.
+def trajectory_buffer(
+    steps: int, rows: int, num_classes: int, size: int, device=None, *, classes_innermost: bool = True
+) -> torch.Tensor:
+    """An empty (S, rows, K, size, size) float32 trajectory for `sample_loop(out=...)`.
 
-    The consensus reduces over K (softmax, argmax), which is about 3x faster on this layout than
-    on the contiguous one (benchmarks/RESULTS.md); `sample_loop(out=...)` writes each step into it.
+    With K innermost in memory (the default) the loop's channels-last logits are copied in
+    as they are; contiguous, the consensus reads it faster. End to end the two tie
+    (benchmarks/RESULTS.md, "trajectory buffer").
     """
+    if not classes_innermost:
+        return torch.empty((steps, rows, num_classes, size, size), device=device)
     return torch.empty((steps, rows, size, size, num_classes), device=device).movedim(-1, 2)
 
 

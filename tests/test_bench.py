@@ -159,7 +159,7 @@ def test_report_renders_the_results_sections(quick_run, ablate_run, capsys):
     assert "No GPU was lent to this issue" in md
     assert "do not test the targets" in md  # a smoke run is never passed off as the results
     assert "**Extrapolated**" in md
-    assert "trajectory stacked with K innermost" in md and "pending a GPU" in md
+    assert "trajectory buffer with K innermost" in md and "pending a GPU" in md
     assert md.count("| met |") + md.count("**not met**") == 4
 
 
