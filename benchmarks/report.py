@@ -28,12 +28,12 @@ OPTIMISATIONS = {
     ),
     "consensus_layout_e1": (
         "trajectory buffer with K innermost instead of contiguous, whole segmentation (E = 1)",
-        "kept",
+        "kept (a tie end to end)",
         "pipeline.TRAJECTORY_CLASSES_INNERMOST",
     ),
     "consensus_layout_e4": (
         "trajectory buffer with K innermost instead of contiguous, whole segmentation (E = 4)",
-        "kept",
+        "kept (a tie end to end)",
         "pipeline.TRAJECTORY_CLASSES_INNERMOST",
     ),
     "denoiser_architecture_e1": (
@@ -60,7 +60,7 @@ OPTIMISATIONS = {
         "",
     ),
 }
-KEPT = ("kept", "kept on CPU", "kept (torch's default: all cores)")
+KEPT = ("kept", "kept on CPU", "kept (torch's default: all cores)", "kept (a tie end to end)")
 
 
 def load_inputs(paths: list[Path]) -> dict[str, dict]:
