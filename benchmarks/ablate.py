@@ -120,7 +120,7 @@ def experiments_at(size: int, raw, kind: str, args: argparse.Namespace, device: 
             row[f"denoiser_architecture_e{e}"] = denoiser_architectures(size, raw, kind, e, args.repeats, device)
     if "chunk" in todo:
         print(f"{size}: denoiser rows per call", file=sys.stderr, flush=True)
-        row["denoiser_chunk_e4"] = denoiser_chunks(model, image, settings, 4, args.repeats, device)
+        row["denoiser_chunk_e8"] = denoiser_chunks(model, image, settings, 8, args.repeats, device)
     if "autocast" in todo:
         amp = "bf16" if cpu else "fp16"
         if cpu and not bench.machine(device)["cpu_bf16"]:

@@ -47,8 +47,8 @@ OPTIMISATIONS = {
         "kept",
         "config.denoiser_width, head_stride",
     ),
-    "denoiser_chunk_e4": (
-        "ensemble of 4: cache-sized chunks of rows per denoiser call instead of one call (CPU)",
+    "denoiser_chunk_e8": (
+        "ensemble of 8: cache-sized chunks of rows per denoiser call instead of one call (CPU)",
         "kept on CPU",
         "sampler.denoiser_chunk",
     ),

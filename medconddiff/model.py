@@ -9,10 +9,10 @@
 
 The backbone sees only the image, so `cond` is computed once and reused at every sampling
 step and for every ensemble member. The per-step part uses depthwise-separable convolutions at
-stride 4 at `denoiser_width` (dw, 96 by default, against the decoder's 256: a row's stride-4 map
-then fits a 2 MB L2 cache at 256 px) to stay cheap, because it runs S x E times per image; the
-parameters that give capacity sit where compute is paid once (the backbone, the stride-32 context
-blocks, the decoder). benchmarks/RESULTS.md has the measurements behind these choices.
+stride 4 at `denoiser_width` (dw, 96 by default, against the decoder's 256) to stay cheap,
+because it runs S x E times per image; the parameters that give capacity sit where compute is
+paid once (the backbone, the stride-32 context blocks, the decoder). benchmarks/RESULTS.md has
+the measurements behind these choices.
 """
 
 from __future__ import annotations

@@ -104,17 +104,18 @@ class StepRecord:
     labels: torch.Tensor | None = None  # argmax class of `logits`, uint8 (E, B, H, W)
 
 
-CPU_CHUNK_ELEMENTS = 1 << 19  # denoiser rows per call on the CPU: about 2 MB of fp32 activations per tensor
+CPU_CHUNK_ELEMENTS = 1_600_000  # denoiser rows per call on the CPU: about 6 MB of fp32 activations per tensor
 
 
 def denoiser_chunk(model, cond: torch.Tensor) -> int:
     """How many rows (members x images) the denoiser takes per call on `cond`'s device.
 
-    On the CPU a batch whose activations outgrow the cache runs slower per row than single rows
-    (denoiser width 96, ms per row in batches of 1 / 2 / 4 / 8 on this project's 2-core CPU:
-    3.9 / 6.7 / 4.1 / 6.3 at 256 px and 7.2 / 7.3 / 11.9 / 23.8 at 352 px, but 1.4 / 1.1 / 1.0 / 0.9
-    at 128 px), so rows go through in chunks of about CPU_CHUNK_ELEMENTS activations (a 2 MB L2
-    cache per core there: 1 row at 256 px, 5 at 128 px); GPUs take every row at once.
+    On the CPU a batch whose stride-4 activations outgrow the cache runs slower per row, while
+    small batches amortise the per-call work. 10 steps, width 96, ms for the whole loop by rows
+    per call (1 / 2 / 4 / 8), on this project's 2-core CPU: 256 px E = 8: 467 / 439 / 399 / 749;
+    352 px E = 4: 407 / 368 / 692; 128 px E = 8: 174 / 137 / 114 / 101. The best chunks hold
+    1.5-1.6M activations and 3M is past the cliff, so rows go through in chunks of at most
+    CPU_CHUNK_ELEMENTS (4 rows at 256 px, 2 at 352, 16 at 128); GPUs take every row at once.
     """
     if cond.device.type != "cpu":
         return 1 << 30
