@@ -104,18 +104,18 @@ class StepRecord:
     labels: torch.Tensor | None = None  # argmax class of `logits`, uint8 (E, B, H, W)
 
 
-CPU_CHUNK_ELEMENTS = 1_600_000  # denoiser rows per call on the CPU: about 6 MB of fp32 activations per tensor
+CPU_CHUNK_ELEMENTS = 1 << 19  # denoiser rows per call on the CPU: about 2 MB of fp32 activations per tensor
 
 
 def denoiser_chunk(model, cond: torch.Tensor) -> int:
     """How many rows (members x images) the denoiser takes per call on `cond`'s device.
 
-    On the CPU a batch whose stride-4 activations outgrow the cache runs slower per row, while
-    small batches amortise the per-call work. 10 steps, width 96, ms for the whole loop by rows
-    per call (1 / 2 / 4 / 8), on this project's 2-core CPU: 256 px E = 8: 467 / 439 / 399 / 749;
-    352 px E = 4: 407 / 368 / 692; 128 px E = 8: 174 / 137 / 114 / 101. The best chunks hold
-    1.5-1.6M activations and 3M is past the cliff, so rows go through in chunks of at most
-    CPU_CHUNK_ELEMENTS (4 rows at 256 px, 2 at 352, 16 at 128); GPUs take every row at once.
+    On the CPU a batch whose stride-4 activations outgrow the cache runs slower per row, so rows
+    go through in chunks of about CPU_CHUNK_ELEMENTS activations (1 row at 256 px, 5 at 128 px);
+    GPUs take every row at once. Measured on this project's 2-core CPU, width 96, 256 px: the
+    whole pipeline with E = 4 took 2.09x one member with 1 row per call and 2.82x with all 4
+    rows in one call (benchmarks/bench.py, 5 interleaved rounds each), although the sampling
+    loop timed alone favoured 4 rows (196 vs 228 ms for 10 steps): judge chunk sizes end to end.
     """
     if cond.device.type != "cpu":
         return 1 << 30
