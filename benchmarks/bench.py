@@ -55,21 +55,22 @@ if importlib.util.find_spec("medconddiff") is None:  # run as `python benchmarks
 from medconddiff import __main__ as cli  # noqa: E402
 from medconddiff import hub, io, metrics, pipeline  # noqa: E402
 from medconddiff.config import MedCondDiffConfig  # noqa: E402
-from medconddiff.consensus import fuse  # noqa: E402
+from medconddiff.consensus import fuse, step_labels  # noqa: E402
 from medconddiff.diffusion import probs_to_x0  # noqa: E402
 from medconddiff.model import MedCondDiff  # noqa: E402
 from medconddiff.pipeline import (  # noqa: E402
     SamplingSettings,
     autocast_dtype,
+    collect_trajectory,
     encode,
     load_case,
+    new_trajectory,
     segment_image,
     segment_slices,
     segment_volume,
-    stack_steps,
     use_channels_last,
 )
-from medconddiff.sampler import MaskScheduler, sample_loop  # noqa: E402
+from medconddiff.sampler import MaskScheduler, StepRecord, sample_loop  # noqa: E402
 
 EXAMPLE_NAMES_MRI = ("brats_pat0003_z080", "brats_pat0003_z088", "brats_pat0004_z096")
 BRATS_FILES = ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz")
@@ -263,8 +264,10 @@ def ours(model, image: torch.Tensor, settings: SamplingSettings, perf: Perf) -> 
     generator = torch.Generator().manual_seed(settings.seed)
     with torch.inference_mode():
         cond = encode(model, image, precision=perf.precision)
-        records = list(
-            sample_loop(
+        out = new_trajectory(model.config, settings, image.shape[0], image.device)
+        records = [
+            replace(r, logits=r.logits.cpu(), labels=r.labels.cpu())
+            for r in sample_loop(
                 model,
                 cond,
                 steps=settings.steps,
@@ -274,11 +277,12 @@ def ours(model, image: torch.Tensor, settings: SamplingSettings, perf: Perf) -> 
                 keep_x_t=False,
                 channels_last=perf.channels_last,
                 autocast_dtype=autocast_dtype(perf.precision),
+                out=out,
             )
-        )
-        logits = stack_steps([r.logits.cpu() for r in records])  # (S, E, B, K, H, W), as the pipeline stacks
+        ]
+        logits, votes = collect_trajectory(records, out)  # as the pipeline assembles them
         logsnr = torch.tensor([r.logsnr for r in records])
-        return fuse(logits, logsnr, method=settings.consensus).labels
+        return fuse(logits, logsnr, method=settings.consensus, votes=votes).labels
 
 
 def backbone_every_step(
@@ -290,7 +294,8 @@ def backbone_every_step(
     limit: int | None = None,
     consensus: bool = True,
 ) -> torch.Tensor | None:
-    """The authors' structure: `encode_image` inside the step loop, everything else as in `sample_loop`.
+    """The authors' structure: `encode_image` inside the step loop, everything else as in `ours`
+    (the same trajectory buffer, per-step votes and consensus), all rows in one denoiser call.
 
     Their backbone also sees the noisy mask, so its features cannot be reused across steps; here it
     sees only the image (a little less work than theirs). `limit` stops after that many steps (for
@@ -303,7 +308,8 @@ def backbone_every_step(
     scheduler = MaskScheduler(model.schedule, kind=settings.sampler)
     scheduler.set_timesteps(settings.steps)
     layout = torch.channels_last if perf.channels_last else torch.contiguous_format
-    kept, logsnr = [], []
+    kept: list[StepRecord] = []
+    out = new_trajectory(model.config, settings, b, image.device) if consensus else None
     with torch.inference_mode():
         x_t = torch.randn((e * b, k, size, size), generator=generator).to(image.device)
         for i, t in enumerate(scheduler.timesteps[:limit]):
@@ -315,13 +321,26 @@ def backbone_every_step(
                 logits = model.denoise(x_t, t_batch, cond)
             logits = logits.float()  # (E*B, K, H, W)
             if consensus:
-                kept.append(logits.reshape(e, b, k, size, size).cpu())
-                logsnr.append(float(model.schedule.logsnr(t.reshape(1))))
+                if out is not None:
+                    out[i] = logits
+                kept.append(
+                    StepRecord(
+                        index=i,
+                        num_steps=settings.steps,
+                        t=float(t),
+                        logsnr=float(model.schedule.logsnr(t.reshape(1))),
+                        x_t=None,
+                        logits=logits.reshape(e, b, k, size, size).cpu(),
+                        labels=step_labels(logits).reshape(e, b, size, size).cpu(),
+                    )
+                )
             x0_hat = probs_to_x0(logits.softmax(dim=1))
             x_t = scheduler.step(x0_hat.to(x_t.dtype), i, x_t, generator=generator).prev_sample
         if not consensus or len(kept) < settings.steps:
             return None
-        return fuse(stack_steps(kept), torch.tensor(logsnr), method=settings.consensus).labels
+        logits, votes = collect_trajectory(kept, out)
+        logsnr = torch.tensor([r.logsnr for r in kept])
+        return fuse(logits, logsnr, method=settings.consensus, votes=votes).labels
 
 
 # -- the benchmark --------------------------------------------------------------------------------

@@ -137,6 +137,28 @@ def stack_steps(logits: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([x.movedim(-3, -1) for x in logits]).movedim(-1, -3)
 
 
+def new_trajectory(config, settings: SamplingSettings, images: int, device: torch.device) -> torch.Tensor | None:
+    """The buffer `sample_loop(out=...)` writes every step into on the CPU (no copy at the end);
+    None on other devices, where the records come back to the CPU one step at a time."""
+    if device.type != "cpu":
+        return None
+    rows = settings.ensemble * images
+    return trajectory_buffer(
+        settings.steps, rows, config.num_classes, config.image_size, classes_innermost=TRAJECTORY_CLASSES_INNERMOST
+    )
+
+
+def collect_trajectory(records: list[StepRecord], out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A finished loop's records (and its `new_trajectory` buffer) -> logits (S, E, B, K, H, W)
+    and the per-step argmax labels (S, E, B, H, W) uint8, ready for `consensus.fuse`."""
+    if out is not None:  # (S, E*B, K, H, W) -> (S, E, B, K, H, W), a view
+        e, b = records[0].logits.shape[:2]
+        logits = out.reshape(len(records), e, b, *out.shape[2:])
+    else:
+        logits = stack_steps([r.logits for r in records])
+    return logits, torch.stack([r.labels for r in records])
+
+
 def use_channels_last(device: torch.device, channels_last: bool | None = None) -> bool:
     """The denoiser's memory layout: None (auto) means channels-last on the CPU, contiguous on CUDA.
 
@@ -220,17 +242,7 @@ def iter_segment_slices(
         with torch.inference_mode():
             # (B, denoiser_width, size/4, size/4): computed once, shared by every step and member
             cond = encode(model, batch, precision=precision)
-            # on the CPU the loop writes every step into one buffer: no copy at the end
-            out = None
-            if device.type == "cpu":
-                rows = settings.ensemble * len(active)
-                out = trajectory_buffer(
-                    settings.steps,
-                    rows,
-                    config.num_classes,
-                    config.image_size,
-                    classes_innermost=TRAJECTORY_CLASSES_INNERMOST,
-                )
+            out = new_trajectory(config, settings, len(active), device)
             records = []
             for rec in sample_loop(
                 model,
@@ -254,12 +266,7 @@ def iter_segment_slices(
                 yield rec
         t = np.array([r.t for r in records])
         logsnr = np.array([r.logsnr for r in records])
-        e, b = settings.ensemble, len(active)
-        if out is not None:  # (S, E*B, K, size, size) -> (S, E, B, K, size, size), a view
-            logits = out.reshape(len(records), e, b, *out.shape[2:])
-        else:
-            logits = stack_steps([r.logits for r in records])
-        labels = torch.stack([r.labels for r in records])  # (S, E, B, size, size) uint8
+        logits, labels = collect_trajectory(records, out)
         x_t = torch.stack([r.x_t for r in records]) if keep_trajectory else None
         for j, i in enumerate(active):
             traj = Trajectory(
