@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .errors import WeightsError
@@ -23,6 +25,9 @@ MAX_CHANNELS = 64
 MAX_CLASSES = 256  # label maps are written as 8-bit images
 MAX_IMAGE_SIZE = 2048
 MAX_WIDTH = 4096
+# fields added after config.json files were first published, with the value that reproduces the
+# model those files describe
+LEGACY_DEFAULTS: Mapping[str, Any] = MappingProxyType({"mask_scale": 1.0, "self_condition": False})
 _FIELD_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list}
 
 # Hounsfield windows as (level, width); "abdomen" is the usual soft-tissue abdominal window.
@@ -74,6 +79,14 @@ class MedCondDiffConfig:
     logsnr_min: float = -15.0  # the cosine log-SNR schedule's range (authors' choice)
     logsnr_max: float = 15.0
     schedule_shift: bool = True  # shift the log-SNR by 2*ln(64/image_size): noisier at larger sizes
+    # x0 in {-1, +1} is multiplied by this before noising (Chen et al.'s input scaling): below 1 the
+    # mask signal is weaker at every t, so fewer training samples are solved by copying x_t
+    # (docs/studies/steps.md). config.json files older than the field mean 1.0.
+    mask_scale: float = 1.0
+    # feed the previous step's x0-hat back as K extra input channels (self-conditioning, Chen et
+    # al. "Analog Bits"): later steps see what the earlier ones predicted and can correct it.
+    # config.json files older than the field mean False.
+    self_condition: bool = False
     # --- sampling defaults (the app and the command line start from these)
     default_steps: int = 10  # the authors' default
     default_sampler: str = "ddim"
@@ -124,6 +137,8 @@ class MedCondDiffConfig:
             problems.append(f"ct_window must be one of {', '.join(CT_WINDOWS)}; got {self.ct_window!r}")
         if self.default_sampler not in SAMPLERS:
             problems.append(f"default_sampler must be one of {', '.join(SAMPLERS)}")
+        if not (math.isfinite(self.mask_scale) and 0.01 <= self.mask_scale <= 10.0):
+            problems.append(f"mask_scale must be between 0.01 and 10, got {self.mask_scale}")
         if not (
             math.isfinite(self.logsnr_min) and math.isfinite(self.logsnr_max) and self.logsnr_min < self.logsnr_max
         ):
@@ -165,6 +180,8 @@ class MedCondDiffConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         if "denoiser_width" not in data and "width" in data:  # saved before these fields existed:
             data = {**data, "denoiser_width": data["width"], "head_stride": data.get("head_stride", 1)}
+        # fields added later: a file without them builds (and samples) exactly as before they existed
+        data = {**LEGACY_DEFAULTS, **data}
         unknown = sorted(set(data) - names)
         missing = sorted(names - set(data))
         if unknown:

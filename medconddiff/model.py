@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
 from .config import MedCondDiffConfig
-from .diffusion import CosineLogSNR
+from .diffusion import CosineLogSNR, probs_to_x0
 
 
 def _groups(ch: int) -> int:
@@ -105,6 +105,39 @@ class SemanticDecoder(nn.Module):
         return top + self.out(top)
 
 
+class AddFusion(nn.Module):
+    """The paper's fusion: z + cond."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return z + cond
+
+
+class ConcatFusion(nn.Conv2d):
+    """The concatenation ablation: a 1x1 conv over [z, cond] (its weights keep the name `fuse`)."""
+
+    def __init__(self, ch: int):
+        super().__init__(2 * ch, ch, 1)
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.cat([z, cond], dim=1))
+
+
+class NoFusion(nn.Module):
+    """The no-conditioning ablation: the image is ignored."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return z
+
+
+FUSIONS = {"add": AddFusion, "concat": ConcatFusion, "none": NoFusion}
+
+
 class MedCondDiff(
     nn.Module,
     PyTorchModelHubMixin,
@@ -123,7 +156,8 @@ class MedCondDiff(
         k, w = config.num_classes, config.denoiser_width
         self.schedule = CosineLogSNR.from_config(config)
 
-        if config.fusion != "none":  # the "none" ablation arm has no image pathway at all
+        self.has_image_pathway = config.fusion != "none"  # the "none" ablation arm has no image pathway
+        if self.has_image_pathway:
             import timm  # imported here: building the model needs it, `import medconddiff` does not
 
             self.adapter = nn.Conv2d(config.image_channels, 3, 1)
@@ -133,14 +167,15 @@ class MedCondDiff(
             self.decoder = SemanticDecoder(
                 self.backbone.feature_info.channels(), config.width, config.context_blocks
             )
-            if w != config.width:  # once per image: the denoiser never pays for the decoder's width
-                self.cond_proj = nn.Conv2d(config.width, w, 1)
-        if config.fusion == "concat":
-            self.fuse = nn.Conv2d(2 * w, w, 1)
+            # once per image: the denoiser never pays for the decoder's width
+            self.cond_proj = nn.Conv2d(config.width, w, 1) if w != config.width else nn.Identity()
+        self.fuse = FUSIONS[config.fusion](w)
 
         t = config.time_embed_dim
         self.time_mlp = nn.Sequential(nn.Linear(t, 2 * t), nn.SiLU(), nn.Linear(2 * t, t))
-        self.mask_in = nn.Sequential(nn.PixelUnshuffle(4), nn.Conv2d(16 * k, w, 1))
+        # self-conditioning adds the previous x0-hat as K more input channels
+        self.mask_channels = 2 * k if config.self_condition else k
+        self.mask_in = nn.Sequential(nn.PixelUnshuffle(4), nn.Conv2d(16 * self.mask_channels, w, 1))
         self.mask_block = TimeBlock(w, t)
         self.mid_block = TimeBlock(w, t)
         self.up1 = nn.Sequential(nn.Conv2d(w, 4 * (w // 2), 1), nn.PixelShuffle(2))  # stride 4 -> 2
@@ -152,6 +187,7 @@ class MedCondDiff(
                 nn.Conv2d(w // 2, 4 * k, 1),
                 nn.PixelShuffle(2),
             )
+            self.up2 = nn.Identity()
         else:  # head_stride 1: a w/8-channel map at full resolution, then the conv
             self.up2 = nn.Sequential(
                 nn.GroupNorm(_groups(w // 2), w // 2),
@@ -167,22 +203,26 @@ class MedCondDiff(
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised image -> cond (B, dw, H/4, W/4); (B, 0, H/4, W/4) for fusion "none"."""
         b, _, h, w = image.shape
-        if self.config.fusion == "none":
+        if not self.has_image_pathway:
             return image.new_zeros(b, 0, h // 4, w // 4)
-        cond = self.decoder(self.backbone(self.adapter(image)))
-        return self.cond_proj(cond) if hasattr(self, "cond_proj") else cond
+        return self.cond_proj(self.decoder(self.backbone(self.adapter(image))))
 
-    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x_t (B, K, H, W), t (B,) in [0, 1], cond (B, dw, H/4, W/4) -> x0 logits (B, K, H, W)."""
+    def denoise(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, x0_prev: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x_t (B, K, H, W), t (B,) in [0, 1], cond (B, dw, H/4, W/4) -> x0 logits (B, K, H, W).
+
+        x0_prev (B, K, H, W): the previous step's x0-hat in value space [-1, 1], for a
+        self-conditioned model (`config.self_condition`); None means "no previous estimate"
+        (zeros, as at the first step and in half of the training samples). Ignored otherwise.
+        """
         temb = self.time_mlp(logsnr_embedding(self.schedule.logsnr(t.float()), self.config.time_embed_dim))
+        if self.mask_channels != x_t.shape[1]:  # self-conditioned: [x_t, x0_prev] on the channels
+            x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev.to(x_t.dtype)], dim=1)
         z = self.mask_block(self._mask_in(x_t), temb)  # (B, dw, H/4, W/4)
-        if self.config.fusion == "add":
-            z = z + cond
-        elif self.config.fusion == "concat":
-            z = self.fuse(torch.cat([z, cond], dim=1))
-        z = self.mid_block(z, temb)
+        z = self.mid_block(self.fuse(z, cond), temb)
         z = self.up1(z)  # (B, dw/2, H/2, W/2)
-        return self.head(self.up2(z) if self.config.head_stride == 1 else z)
+        return self.head(self.up2(z))
 
     def _mask_in(self, x_t: torch.Tensor) -> torch.Tensor:
         """`self.mask_in` (pixel-unshuffle x4, then a 1x1 conv) computed as the one 4x4 stride-4
@@ -190,19 +230,29 @@ class MedCondDiff(
         is pixel (i, j) of channel c. Same parameters, no unshuffled copy (0.48 -> 0.20 ms per
         row at 256 px here)."""
         conv = self.mask_in[1]
-        weight = conv.weight.reshape(conv.out_channels, self.config.num_classes, 4, 4)
+        weight = conv.weight.reshape(conv.out_channels, self.mask_channels, 4, 4)
         return F.conv2d(x_t, weight, conv.bias, stride=4)
 
-    def forward(self, image: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, image: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, *, self_cond_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Training entry: image (B, C, H, W), x_t (B*R, K, H, W), t (B*R,) -> logits (B*R, K, H, W).
 
-        R noise draws per image share one `cond` (rows grouped image-major).
+        R noise draws per image share one `cond` (rows grouped image-major). For a self-conditioned
+        model, the rows where `self_cond_mask` (B*R,) bool is True first get an x0-hat from a
+        gradient-free pass without one, and are then denoised with it (Chen et al.'s recipe); the
+        other rows see zeros, as the first sampling step does.
         """
         cond = self.encode_image(image)
         repeats = x_t.shape[0] // image.shape[0]
         if repeats > 1:
             cond = cond.repeat_interleave(repeats, dim=0)  # (B*R, dw, H/4, W/4)
-        return self.denoise(x_t, t, cond)
+        x0_prev = None
+        if self.config.self_condition and self_cond_mask is not None and bool(self_cond_mask.any()):
+            with torch.no_grad():
+                first = self.denoise(x_t, t, cond.detach())
+            x0_prev = probs_to_x0(first.float().softmax(dim=1)) * self_cond_mask.to(first.dtype)[:, None, None, None]
+        return self.denoise(x_t, t, cond, x0_prev)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None = None, map_location: str = "cpu", **kwargs):

@@ -3,7 +3,9 @@
 The scheduler owns the time grid and the update rule; `sample_loop` only loops. Two update rules:
     ddim: deterministic, x_s = alpha_s * x0_hat + sigma_s * eps_hat
     ddpm: ancestral, x_s ~ q(x_s | x_t, x0_hat), with no noise on the last step
-where eps_hat = (x_t - alpha_t * x0_hat) / sigma_t and x0_hat = 2 * softmax(logits) - 1.
+where eps_hat = (x_t - alpha_t * x0_hat) / sigma_t and x0_hat = b * (2 * softmax(logits) - 1), b the
+model's `mask_scale` (1 unless it was trained on scaled masks). A self-conditioned model also gets
+the previous step's 2 * softmax(logits) - 1 as input (zeros at the first step).
 """
 
 from __future__ import annotations
@@ -181,6 +183,9 @@ def sample_loop(
     cond_e = cond_e.contiguous(memory_format=layout)
     x_t = torch.randn((rows, k, h, w), generator=generator).to(cond.device, cond.dtype)
     chunk = denoiser_chunk(model, cond) if chunk is None else max(1, int(chunk))
+    scale = float(model.config.mask_scale)  # x0 is noised as mask_scale * (2 onehot - 1)
+    # self-conditioning: each row's previous x0-hat (value space, unscaled); zeros before the first step
+    x0_prev = torch.zeros_like(x_t) if model.config.self_condition else None
     amp = torch.autocast(cond.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     for i, t in enumerate(scheduler.timesteps):
         x_t = x_t.contiguous(memory_format=layout)  # a no-op unless the update changed the layout
@@ -194,11 +199,16 @@ def sample_loop(
         for r in range(0, rows, chunk):
             rs = slice(r, r + chunk)
             with amp:
-                part = model.denoise(x_t[rs], t_batch[rs], cond_e[rs])
+                args = (x_t[rs], t_batch[rs], cond_e[rs]) + (() if x0_prev is None else (x0_prev[rs],))
+                part = model.denoise(*args)
             part = part.float()
             logits[rs] = part
             labels[rs] = part.argmax(dim=1)
             x0_hat = probs_to_x0(part.softmax(dim=1)).to(x_t.dtype)
+            if x0_prev is not None:
+                x0_prev[rs] = x0_hat
+            if scale != 1.0:
+                x0_hat = x0_hat * scale
             x_next[rs] = scheduler.step(x0_hat, i, x_t[rs], noise=None if noise is None else noise[rs]).prev_sample
         yield StepRecord(
             index=i,

@@ -112,7 +112,8 @@ def test_config_without_the_denoiser_fields_builds_the_earlier_layout(tmp_path):
     assert MedCondDiffConfig.from_dict(d) == legacy
     torch.manual_seed(0)
     model = MedCondDiff(legacy).eval()
-    assert hasattr(model, "up2") and not hasattr(model, "cond_proj")
+    assert isinstance(model.up2, torch.nn.Sequential) and isinstance(model.cond_proj, torch.nn.Identity)
+    assert not any(k.startswith("cond_proj.") for k in model.state_dict())
     save_model(model, tmp_path / "w")
     (tmp_path / "w" / "config.json").write_text(json.dumps(d))
     loaded = load_model(tmp_path / "w")

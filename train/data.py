@@ -4,6 +4,9 @@ Layouts understood by `find_cases`:
     brats    <root>/**/<case>/{Flair_subtrMeanDivStd,T1c_...,OTMultiClass}.nii.gz (file names from the config)
     nnunet   <root>/imagesTr/<case>_0000.nii.gz ... and <root>/labelsTr/<case>.nii.gz (Decathlon style)
     single   <root>/<image files> + <root>/<label file>: one case (e.g. the abdominal CT)
+    images   <root>/images/NAME.ext + <root>/masks/NAME.ext: 2D pictures (Kvasir-SEG, PH2), one case each;
+             masks hold class indices, or are binarised with `mask_threshold` (JPEG masks are not exact)
+A `split_file` (train/splits/*.json: "train", "val", "test" lists of case names) fixes the parts.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class DataSettings:
     train_cases: list[str] | None = None  # case names (folder names); None: every case not in val
     val_cases: list[str] | None = None
     val_range: list[int] | None = None  # single-case layout: slices [start, stop) along Z are validation
+    split_file: str | None = None  # JSON with "train" / "val" / "test" case names (train/splits/)
+    mask_threshold: int | None = None  # images layout: mask > threshold is class 1; None: values are classes
 
 
 @dataclass
@@ -59,8 +64,13 @@ def find_cases(root: str | Path, data: DataSettings) -> list[Case]:
             if all(c.is_file() for c in chans):
                 lab = folder / data.label_file
                 cases.append(Case(folder.name, chans, lab if lab.is_file() else None))
+    elif data.layout == "images":
+        masks = {p.stem: p for p in (root / "masks").glob("*") if p.suffix.lower() in io.IMAGE_SUFFIXES}
+        for img in sorted((root / "images").glob("*")):
+            if img.suffix.lower() in io.IMAGE_SUFFIXES:
+                cases.append(Case(img.stem, [img], masks.get(img.stem)))
     else:
-        raise ValueError(f"unknown layout {data.layout!r}; accepted: brats, nnunet, single")
+        raise ValueError(f"unknown layout {data.layout!r}; accepted: brats, nnunet, single, images")
     if not cases:
         raise FileNotFoundError(f"no cases found under {root} in the {data.layout!r} layout")
     return sorted(cases, key=lambda c: c.name)
@@ -79,7 +89,17 @@ def remap(labels: np.ndarray, label_map: dict[str, int] | None) -> np.ndarray:
 
 
 def read_case(case: Case, data: DataSettings) -> tuple[io.Scan, np.ndarray | None]:
-    """Raw scan (C, X, Y, Z) and remapped labels (X, Y, Z)."""
+    """Raw scan (C, X, Y, Z) and remapped labels (X, Y, Z); for the images layout (C, H, W) and (H, W)."""
+    if data.layout == "images":
+        scan = io.read_scan(case.images)
+        labels = None
+        if case.labels is not None:
+            mask = io.read_image(case.labels)[0]  # (H, W): the first channel of a grey or RGB mask
+            if data.mask_threshold is not None:
+                labels = (mask > data.mask_threshold).astype(np.int64)
+            else:
+                labels = remap(mask, data.label_map)
+        return scan, labels
     scan = io.read_nifti(case.images)
     labels = None
     if case.labels is not None:
@@ -89,10 +109,45 @@ def read_case(case: Case, data: DataSettings) -> tuple[io.Scan, np.ndarray | Non
     return scan, labels
 
 
-def split_cases(cases: list[Case], data: DataSettings) -> tuple[list[Case], list[Case]]:
+def read_split(path: str | Path) -> dict[str, list[str]]:
+    """A committed split file -> {"train": [...], "val": [...], "test": [...]} case names."""
+    import json
+
+    split = json.loads(Path(path).read_text())
+    if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "val", "test")):
+        raise ValueError(f"{path}: a split file holds 'train', 'val' and 'test' lists of case names")
+    return split
+
+
+def split_cases(cases: list[Case], data: DataSettings, *, part: str | None = None):
+    """(train cases, validation cases); with `part` ("train" | "val" | "test") only that part's cases."""
+    if data.split_file:
+        split = read_split(data.split_file)
+        by_part = {k: [c for c in cases if c.name in set(split[k])] for k in ("train", "val", "test")}
+        if part is not None:
+            return by_part[part]
+        return by_part["train"], by_part["val"]
     val = [c for c in cases if data.val_cases and c.name in data.val_cases]
     train = [c for c in cases if (c.name in data.train_cases if data.train_cases else c not in val)]
+    if part is not None:
+        return {"train": train, "val": val}.get(part, [])
     return train, val
+
+
+def case_slices(scan: io.Scan, labels: np.ndarray | None, layout: str):
+    """(raw (C, H, W) slice, labels (H, W) or None) for every slice of a case; a 2D case is one slice."""
+    if layout == "images":
+        yield scan.data, labels
+        return
+    for k in range(scan.data.shape[-1]):
+        yield scan.data[..., k], (None if labels is None else labels[..., k])
+
+
+def match_channels(raw: np.ndarray, config: MedCondDiffConfig) -> np.ndarray:
+    """A grey picture for an RGB model (io reads equal-channel RGB as grey): repeat it on 3 channels."""
+    if raw.shape[0] == 1 and config.image_channels == 3:
+        return np.repeat(raw, 3, axis=0)
+    return raw
 
 
 @dataclass
@@ -113,19 +168,19 @@ def build_slices(cases: list[Case], data: DataSettings, config: MedCondDiffConfi
     """
     imgs, labs = [], []
     bg = io.background_value(config)
+    kind = "image" if data.layout == "images" else "nifti"
     for case in cases:
         scan, labels = read_case(case, data)
         held_out = set(range(*data.val_range)) if data.val_range else set()
-        for k in range(scan.data.shape[-1]):
+        for k, (raw, lab) in enumerate(case_slices(scan, labels, data.layout)):
             if (part == "val" and k not in held_out) or (part == "train" and k in held_out):
                 continue
-            raw = scan.data[..., k]
-            img = io.normalise(raw, config, kind="nifti")
+            img = io.normalise(match_channels(raw, config), config, kind=kind)
             if not (np.abs(img - bg) > 1e-6).any():
                 continue  # outside the head/body: nothing to learn
             geom = io.plan_geometry(img, config)
             imgs.append(io.to_model_grid(img, geom, background=bg).half())
-            labs.append(io.labels_to_model_grid(labels[..., k], geom).to(torch.uint8))
+            labs.append(io.labels_to_model_grid(lab, geom).to(torch.uint8))
     if not imgs:
         size, c = config.image_size, config.image_channels
         return SliceSet(

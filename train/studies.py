@@ -2,6 +2,7 @@
 
     python -m train.studies fusion    # paper Table 3: add vs concat vs none at equal budget
     python -m train.studies consensus --weights assets/weights/brats-demo   # consensus x steps x ensemble
+    python -m train.studies steps --dataset kvasir   # training recipes: do later steps refine the mask?
 
 Both evaluate on the BraTS validation patients through the shared pipeline and write JSON + Markdown
 into runs/studies/.
@@ -24,6 +25,7 @@ from medconddiff.pipeline import SamplingSettings, load_case, segment_slices
 
 from . import data as D
 from . import evaluate as E
+from . import steps_study
 from . import train as T
 
 FUSION_ARMS = ("add", "concat", "none")
@@ -145,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--ensembles", type=int, nargs="+", default=[1, 4])
     c.add_argument("--every", type=int, default=1, help="use every Nth slice of each volume (faster sweep)")
     c.add_argument("--out", default="runs/studies")
+    steps_study.add_parser(sub)
     args = ap.parse_args(argv)
+    if args.study == "steps":
+        steps_study.study_steps(args)
+        return 0
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (study_fusion if args.study == "fusion" else study_consensus)(args)
     return 0

@@ -54,6 +54,10 @@ class TrainSettings:
     ema_decay: float = 0.995
     dice_weight: float = 0.3
     ce_weight: float = 0.7
+    # training times t are drawn with density p * t^(p-1) on [0, 1]: 1 = uniform; above 1 leans to
+    # high noise, where the image pathway must do the work (docs/studies/steps.md)
+    t_power: float = 1.0
+    self_condition_prob: float = 0.5  # share of rows trained with an x0-hat fed back (self-conditioned models)
     val_every: int = 250
     val_slices: int = 48  # validation slices with foreground, sampled with val_steps steps
     val_steps: int = 5
@@ -197,6 +201,26 @@ def validate(model, val: D.SliceSet, settings: TrainSettings, device) -> dict[st
 # -- the loop ---------------------------------------------------------------------------------
 
 
+def noisy_masks(labels: torch.Tensor, config: MedCondDiffConfig, s: TrainSettings, schedule, gen: torch.Generator):
+    """(N, H, W) labels -> (t (N,), noise, x_t (N, K, H, W), self-conditioning row mask (N,) or None).
+
+    t has density t_power * t^(t_power - 1); x0 is scaled by the model's mask_scale before noising.
+    The generator is drawn from in the same order as before these options existed, so the default
+    recipe reproduces earlier runs.
+    """
+    n, k = labels.shape[0], config.num_classes
+    t = torch.rand(n, generator=gen)
+    if s.t_power != 1.0:
+        t = t.pow(1.0 / s.t_power)
+    noise = torch.randn((n, k, *labels.shape[-2:]), generator=gen)
+    x0 = labels_to_x0(labels, k)
+    if config.mask_scale != 1.0:
+        x0 = x0 * config.mask_scale
+    x_t = q_sample(x0, t, noise, schedule)
+    sc = torch.rand(n, generator=gen) < s.self_condition_prob if config.self_condition else None
+    return t, noise, x_t, sc
+
+
 def lr_at(step: int, s: TrainSettings) -> float:
     if step < s.warmup:
         return s.lr * (step + 1) / s.warmup
@@ -222,6 +246,19 @@ def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
         )
         return tr, va
     train_cases, val_cases = D.split_cases(cases, run.data)
+    if run.data.layout == "images":  # thousands of small cases: one cache file per part
+        import hashlib
+
+        def part(name, part_cases):
+            digest = hashlib.sha256(json.dumps([c.name for c in part_cases]).encode()).hexdigest()[:12]
+            folder = Path(run.data.root).name
+            return D.load_or_build(
+                cache,
+                f"{folder}_{name}_{key}_thr{run.data.mask_threshold}_{digest}",
+                lambda: D.build_slices(part_cases, run.data, m),
+            )
+
+        return part("train", train_cases), part("val", val_cases)
     tr = [D.load_or_build(cache, f"{c.name}_{key}", lambda c=c: D.build_slices([c], run.data, m)) for c in train_cases]
     va = [D.load_or_build(cache, f"{c.name}_{key}", lambda c=c: D.build_slices([c], run.data, m)) for c in val_cases]
 
@@ -324,12 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         r = s.noise_draws
         lab_r = lab.repeat_interleave(r, dim=0)  # (B*R, S, S), image-major like MedCondDiff.forward
-        t = torch.rand(lab_r.shape[0], generator=gen)
-        noise = torch.randn((lab_r.shape[0], k, *lab.shape[-2:]), generator=gen)
-        x_t = q_sample(labels_to_x0(lab_r, k), t, noise, model.schedule)
+        t, noise, x_t, sc = noisy_masks(lab_r, run.model, s, model.schedule, gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, s)
-        logits = net(img.to(device), x_t.to(device), t.to(device))
+        logits = net(img.to(device), x_t.to(device), t.to(device), self_cond_mask=None if sc is None else sc.to(device))
         loss, parts = hybrid_loss(
             logits, lab_r.to(device), class_weights=class_w, dice_weight=s.dice_weight, ce_weight=s.ce_weight
         )
