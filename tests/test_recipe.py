@@ -1,0 +1,158 @@
+"""The training recipe's options: self-conditioning, mask scaling, the training-time density, and the
+steps study that compares them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from medconddiff.config import MedCondDiffConfig
+from medconddiff.hub import load_model, save_model
+from medconddiff.model import MedCondDiff
+from medconddiff.sampler import sample_loop
+from train import steps_study
+from train.train import TrainSettings, noisy_masks
+
+
+def _model(**fields) -> MedCondDiff:
+    torch.manual_seed(0)
+    cfg = MedCondDiffConfig(image_size=32, width=32, denoiser_width=32, time_embed_dim=32, context_blocks=0, **fields)
+    return MedCondDiff(cfg).eval()
+
+
+def _sample(model, *, seed: int, steps: int = 4, sampler: str = "ddpm") -> torch.Tensor:
+    cond = model.encode_image(torch.randn(2, 2, 32, 32, generator=torch.Generator().manual_seed(7)))
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        return torch.stack(
+            [r.logits for r in sample_loop(model, cond, steps=steps, ensemble=2, sampler=sampler, generator=g)]
+        )
+
+
+def test_self_conditioned_sampling_is_reproducible_from_a_seed():
+    model = _model(self_condition=True)
+    a, b, c = _sample(model, seed=3), _sample(model, seed=3), _sample(model, seed=4)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_self_conditioning_feeds_back_the_previous_x0_hat():
+    """Step 1 sees zeros (no estimate yet); step i+1 sees 2 * softmax(logits of step i) - 1."""
+    model = _model(self_condition=True)
+    seen = []
+    denoise = model.denoise
+
+    def spy(x_t, t, cond, x0_prev=None):
+        seen.append(None if x0_prev is None else x0_prev.clone())
+        return denoise(x_t, t, cond, x0_prev)
+
+    model.denoise = spy
+    logits = _sample(model, seed=0, steps=3, sampler="ddim")  # (S, E, B, K, H, W)
+    assert len(seen) == 3 and all(s is not None for s in seen)
+    assert torch.count_nonzero(seen[0]) == 0
+    for i in (1, 2):
+        expected = 2 * logits[i - 1].flatten(0, 1).softmax(dim=1) - 1
+        torch.testing.assert_close(seen[i], expected)
+    # and the input matters: the same step with another x0_prev gives other logits
+    x = torch.randn(1, 5, 32, 32)
+    cond = model.encode_image(torch.randn(1, 2, 32, 32))
+    t = torch.tensor([0.5])
+    with torch.no_grad():
+        assert not torch.allclose(denoise(x, t, cond, None), denoise(x, t, cond, torch.ones_like(x)))
+
+
+def test_a_config_json_without_the_recipe_fields_loads_and_samples_as_before(tmp_path):
+    """Files written before mask_scale / self_condition existed mean 1.0 / False: the same weights,
+    the same layout and the same masks as a model whose config spells the old values out."""
+    model = _model()
+    save_model(model, tmp_path / "w")
+    cfg = json.loads((tmp_path / "w" / "config.json").read_text())
+    del cfg["mask_scale"], cfg["self_condition"]
+    (tmp_path / "w" / "config.json").write_text(json.dumps(cfg))
+    old = load_model(tmp_path / "w")
+    assert old.config.mask_scale == 1.0 and old.config.self_condition is False
+    assert old.mask_in[1].in_channels == 16 * old.config.num_classes
+    assert torch.equal(_sample(old, seed=1), _sample(model, seed=1))
+
+
+def test_a_self_conditioned_model_round_trips_through_its_weights_folder(tmp_path):
+    model = _model(self_condition=True, mask_scale=0.5)
+    save_model(model, tmp_path / "w")
+    loaded = load_model(tmp_path / "w")
+    assert loaded.config.self_condition and loaded.config.mask_scale == 0.5
+    assert loaded.mask_in[1].in_channels == 2 * 16 * loaded.config.num_classes
+    assert torch.equal(_sample(loaded, seed=2), _sample(model, seed=2))
+
+
+def test_mask_scale_and_t_power_shape_the_training_inputs():
+    from medconddiff.diffusion import CosineLogSNR
+
+    config = MedCondDiffConfig(image_size=64, num_classes=2, class_names=["bg", "fg"], mask_scale=0.25)
+    schedule = CosineLogSNR.from_config(config)
+    labels = torch.randint(0, 2, (4000, 2, 2))
+    g = torch.Generator().manual_seed(0)
+    t, _, x_t, sc = noisy_masks(labels, config, TrainSettings(t_power=3.0), schedule, g)
+    assert sc is None  # not a self-conditioned model: no extra draws
+    assert float(t.mean()) == pytest.approx(0.75, abs=0.02)  # density 3 t^2 has mean 3/4
+    t, _, x_t, _ = noisy_masks(labels, config, TrainSettings(), schedule, g)
+    assert float(t.mean()) == pytest.approx(0.5, abs=0.02)
+    clean = t < 0.02  # nearly no noise: x_t is the scaled mask, +-0.25
+    assert int(clean.sum()) > 20
+    assert float(x_t[clean].abs().median()) == pytest.approx(0.25, abs=0.02)
+
+
+def test_self_conditioned_training_feeds_x0_hat_only_on_the_chosen_rows():
+    model = _model(self_condition=True).train()
+    seen = []
+    denoise = model.denoise
+
+    def spy(x_t, t, cond, x0_prev=None):
+        seen.append(x0_prev)
+        return denoise(x_t, t, cond, x0_prev)
+
+    model.denoise = spy
+    x_t, t = torch.randn(4, 5, 32, 32), torch.rand(4)
+    chosen = torch.tensor([True, False, True, False])
+    out = model(torch.randn(2, 2, 32, 32), x_t, t, self_cond_mask=chosen)
+    out.sum().backward()
+    assert len(seen) == 2 and seen[0] is None  # a gradient-free first pass, then the real one
+    fed = seen[1]
+    assert torch.count_nonzero(fed[~chosen]) == 0 and torch.count_nonzero(fed[chosen]) > 0
+    assert model.mask_in[1].weight.grad is not None
+
+
+def test_auroc_and_dice_measures():
+    import numpy as np
+
+    assert steps_study.auroc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([False, False, True, True])) == 1.0
+    assert steps_study.auroc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([False, True, False, True])) == 0.5
+    assert steps_study.auroc(np.array([0.9, 0.1]), np.array([False, True])) == 0.0
+    pred = torch.tensor([[0, 1], [1, 2]])
+    assert steps_study.image_dice(pred, pred, 3) == 1.0
+    assert math.isnan(steps_study.image_dice(torch.zeros(2, 2), torch.zeros(2, 2), 3))  # nothing to find
+    assert steps_study.image_dice(torch.tensor([[1, 1]]), torch.tensor([[1, 0]]), 2) == pytest.approx(2 / 3)
+
+
+def test_the_steps_study_runs_end_to_end_on_a_tiny_setting(shared_data, tmp_path):
+    if not (shared_data / "kvasir-seg").is_dir():
+        pytest.skip("kvasir-seg not in ../shared/data")
+    from train import studies
+
+    studies.main(["steps", "--tiny", "--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs")])
+    report = json.loads((tmp_path / "docs" / "steps_kvasir_tiny.json").read_text())
+    assert set(report["arms"]) >= {"today", "self_cond"}
+    rows = report["arms"]["self_cond"]["rows"]
+    assert {(r["sampler"], r["ensemble"], r["steps"]) for r in rows} == {
+        (s, e, n) for s in ("ddim", "ddpm") for e in (1, 2) for n in (1, 2)
+    }
+    for r in rows:
+        assert 0.0 <= r["dice"] <= 1.0 and 0.0 <= r["change_mean"] <= 1.0
+        assert math.isnan(r["auroc_entropy"]) or 0.0 <= r["auroc_entropy"] <= 1.0
+    one_step = [r for r in rows if r["steps"] == 1]
+    assert all(r["change_mean"] == 0.0 and r["gain_vs_1"] == 0.0 for r in one_step)
+    assert "| self_cond |" in (tmp_path / "docs" / "steps_kvasir_tiny.md").read_text()
+    loaded = load_model(tmp_path / "runs" / "steps_kvasir_tiny" / "self_cond" / "weights")
+    assert loaded.config.self_condition and loaded.config.image_size == 32
