@@ -22,3 +22,8 @@ class WeightsError(MedCondDiffError):
 
 class SettingsError(MedCondDiffError, ValueError):
     """A sampling setting out of range (steps, ensemble size, consensus name, ...)."""
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's text on one line (library messages such as huggingface_hub's span several)."""
+    return " ".join(str(err).split())

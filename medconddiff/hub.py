@@ -12,20 +12,17 @@ Loading is strict: every tensor must be present with the right shape; pickles ar
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import re
 from pathlib import Path
 
 import torch
 
-from .config import MedCondDiffConfig
-from .errors import WeightsError
+from .errors import WeightsError, one_line
+from .model import CONFIG_NAME, WEIGHTS_NAME, MedCondDiff
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "weights"
 DEFAULT_WEIGHTS = "brats-demo"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 _FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".nii", ".gz", ".png", ".jpg", ".zip")
 
@@ -65,11 +62,6 @@ def resolve(spec: str | os.PathLike | None = None) -> Path:
             f"{spec}: no such weights folder, and not a Hub repo id (owner/name[@revision]). Bundled models: {known}"
         )
     return _download(repo, rev)
-
-
-def _one_line(err: BaseException) -> str:
-    """An exception's text on one line (huggingface_hub's messages span several)."""
-    return " ".join(str(err).split())
 
 
 def _offline() -> bool:
@@ -116,67 +108,17 @@ def _download(repo: str, revision: str | None) -> Path:
                 f"Hub repo {where} has no {name}{extra}; accepted: {CONFIG_NAME} + {WEIGHTS_NAME}"
             ) from None
         except HfHubHTTPError as err:
-            raise WeightsError(f"Hub repo {where}: download failed ({_one_line(err)})") from None
+            raise WeightsError(f"Hub repo {where}: download failed ({one_line(err)})") from None
         except (OSError, ValueError) as err:  # a full disk, an unwritable cache, a malformed revision, ...
             raise WeightsError(
-                f"Hub repo {where}: could not fetch {name} ({type(err).__name__}: {_one_line(err)})"
+                f"Hub repo {where}: could not fetch {name} ({type(err).__name__}: {one_line(err)})"
             ) from None
     return files[WEIGHTS_NAME].parent
 
 
 def load_folder(folder: Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build the model from folder/config.json and load folder/model.safetensors strictly."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .model import MedCondDiff
-
-    config = MedCondDiffConfig.from_json(folder / CONFIG_NAME)
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        others = sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-        hint = f" (found {', '.join(others)}: pickled weights are never loaded)" if others else ""
-        raise WeightsError(
-            f"{folder}: {WEIGHTS_NAME} not found{hint}; accepted: a folder with {CONFIG_NAME} and {WEIGHTS_NAME}"
-        )
-    try:
-        state = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise WeightsError(
-            f"{weights}: not a valid safetensors file ({_one_line(err)}); accepted: weights written by save_model"
-        ) from None
-    if config.fusion != "none":
-        import timm
-
-        if not timm.is_model(config.backbone):
-            raise WeightsError(
-                f"{folder / CONFIG_NAME}: backbone {config.backbone!r} is not a timm model; accepted: a timm model "
-                "name with features_only support, e.g. pvt_v2_b1"
-            )
-    # The file holds every backbone tensor: never fetch ImageNet weights while loading, whatever the config says.
-    model = MedCondDiff(dataclasses.replace(config, pretrained_backbone=False))
-    model.config = config
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} tensor(s) missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(
-                f"{len(wrong)} with the wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
-            )
-        raise WeightsError(
-            f"{weights}: does not match its config.json: " + "; ".join(parts) + "; accepted: the "
-            f"{WEIGHTS_NAME} saved together with this {CONFIG_NAME}"
-        )
-    model.load_state_dict(state, strict=True)  # copies and upcasts fp16 storage to the model's fp32
-    return model.to(device).eval()
+    return MedCondDiff.from_folder(folder, device=device)
 
 
 def load_model(spec: str | os.PathLike | None = None, *, device: str | torch.device = "cpu") -> torch.nn.Module:

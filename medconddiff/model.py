@@ -17,7 +17,9 @@ the measurements behind these choices.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -26,6 +28,10 @@ from huggingface_hub import PyTorchModelHubMixin
 
 from .config import MedCondDiffConfig
 from .diffusion import CosineLogSNR, probs_to_x0
+from .errors import WeightsError, one_line
+
+CONFIG_NAME = "config.json"  # a weights folder: this file + WEIGHTS_NAME (+ README.md, the model card)
+WEIGHTS_NAME = "model.safetensors"
 
 
 def _groups(ch: int) -> int:
@@ -164,9 +170,7 @@ class MedCondDiff(
             self.backbone = timm.create_model(
                 config.backbone, features_only=True, pretrained=config.pretrained_backbone
             )
-            self.decoder = SemanticDecoder(
-                self.backbone.feature_info.channels(), config.width, config.context_blocks
-            )
+            self.decoder = SemanticDecoder(self.backbone.feature_info.channels(), config.width, config.context_blocks)
             # once per image: the denoiser never pays for the decoder's width
             self.cond_proj = nn.Conv2d(config.width, w, 1) if w != config.width else nn.Identity()
         self.fuse = FUSIONS[config.fusion](w)
@@ -256,10 +260,71 @@ class MedCondDiff(
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None = None, map_location: str = "cpu", **kwargs):
-        """`MedCondDiff.from_pretrained(...)` goes through the strict, safetensors-only loader."""
-        from .hub import load_model
+        """`MedCondDiff.from_pretrained(folder or repo id)`: config.json + model.safetensors only, loaded
+        strictly (`from_folder`); a pickled checkpoint is never read. `medconddiff.hub.load_model`
+        adds bundled names and friendlier download errors."""
+        folder = Path(model_id)
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
 
-        return load_model(model_id if revision is None else f"{model_id}@{revision}", device=map_location)
+            folder = Path(snapshot_download(model_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+        return cls.from_folder(folder, device=map_location)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, *, device: str | torch.device = "cpu") -> MedCondDiff:
+        """Build from folder/config.json and load folder/model.safetensors strictly: every tensor
+        present with its shape, nothing extra; fp16 files are upcast to fp32."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        config = MedCondDiffConfig.from_json(folder / CONFIG_NAME)
+        weights = folder / WEIGHTS_NAME
+        if not weights.is_file():
+            others = sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            hint = f" (found {', '.join(others)}: pickled weights are never loaded)" if others else ""
+            raise WeightsError(
+                f"{folder}: {WEIGHTS_NAME} not found{hint}; accepted: a folder with {CONFIG_NAME} and {WEIGHTS_NAME}"
+            )
+        try:
+            state = load_file(str(weights), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise WeightsError(
+                f"{weights}: not a valid safetensors file ({one_line(err)}); accepted: weights written by save_model"
+            ) from None
+        if config.fusion != "none":
+            import timm
+
+            if not timm.is_model(config.backbone):
+                raise WeightsError(
+                    f"{folder / CONFIG_NAME}: backbone {config.backbone!r} is not a timm model; accepted: a timm "
+                    "model name with features_only support, e.g. pvt_v2_b1"
+                )
+        # The file holds every backbone tensor: never fetch ImageNet weights while loading.
+        model = cls(dataclasses.replace(config, pretrained_backbone=False))
+        model.config = config
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} tensor(s) missing (e.g. {missing[0]})")
+            if unexpected:
+                parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+            if wrong:
+                k = wrong[0]
+                parts.append(
+                    f"{len(wrong)} with the wrong shape (e.g. {k}: {tuple(state[k].shape)} vs "
+                    f"{tuple(expected[k].shape)})"
+                )
+            raise WeightsError(
+                f"{weights}: does not match its config.json: " + "; ".join(parts) + "; accepted: the "
+                f"{WEIGHTS_NAME} saved together with this {CONFIG_NAME}"
+            )
+        model.load_state_dict(state, strict=True)  # copies and upcasts fp16 storage to the model's fp32
+        return model.to(device).eval()
 
     # -- bookkeeping --------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:

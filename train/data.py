@@ -228,6 +228,11 @@ class AugmentSettings:
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     noise_std: float = 0.03
+    # photographs (endoscopy, dermoscopy): lighting, white balance and focus vary between devices
+    color_jitter: float = 0.0  # brightness, contrast and saturation each scaled by 1 +- this
+    hue_shift: float = 0.0  # each channel's gain scaled by 1 +- this (a white-balance shift)
+    blur_prob: float = 0.0  # share of images blurred with a Gaussian of sigma in [0.5, blur_sigma]
+    blur_sigma: float = 1.5
 
 
 def augment(images: torch.Tensor, labels: torch.Tensor, aug: AugmentSettings, g: torch.Generator, *, background: float):
@@ -257,6 +262,10 @@ def augment(images: torch.Tensor, labels: torch.Tensor, aug: AugmentSettings, g:
         labels = F.grid_sample(
             labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
         )[:, 0].long()
+    if aug.color_jitter or aug.hue_shift:
+        images = photo_jitter(images, aug, g)
+    if aug.blur_prob:
+        images = random_blur(images, aug, g)
     fg = (images - background).abs() > 1e-6
     c = images.shape[1]
     scale = 1.0 + (torch.rand(b, c, 1, 1, generator=g) * 2 - 1) * aug.intensity_scale
@@ -264,3 +273,40 @@ def augment(images: torch.Tensor, labels: torch.Tensor, aug: AugmentSettings, g:
     noise = torch.randn(images.shape, generator=g) * aug.noise_std
     images = torch.where(fg, (images - background) * scale + background + shift + noise, images)
     return images, labels
+
+
+def _uniform(shape, spread: float, g: torch.Generator) -> torch.Tensor:
+    return 1.0 + (torch.rand(shape, generator=g) * 2 - 1) * spread
+
+
+def photo_jitter(images: torch.Tensor, aug: AugmentSettings, g: torch.Generator) -> torch.Tensor:
+    """(B, 3, S, S) pictures in [0, 1] -> brightness, contrast, saturation and white balance varied."""
+    b, c = images.shape[:2]
+    j = aug.color_jitter
+    out = images * _uniform((b, 1, 1, 1), j, g)  # brightness
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * _uniform((b, 1, 1, 1), j, g) + mean  # contrast
+    if c == 3:
+        grey = out.mean(dim=1, keepdim=True)
+        out = (out - grey) * _uniform((b, 1, 1, 1), j, g) + grey  # saturation
+        out = out * _uniform((b, 3, 1, 1), aug.hue_shift, g)  # white balance
+    return out.clamp(0.0, 1.0)
+
+
+def random_blur(images: torch.Tensor, aug: AugmentSettings, g: torch.Generator) -> torch.Tensor:
+    """Blur a `blur_prob` share of the images with a separable Gaussian (sigma 0.5..blur_sigma)."""
+    pick = torch.rand(images.shape[0], generator=g) < aug.blur_prob
+    sigmas = 0.5 + torch.rand(images.shape[0], generator=g) * max(0.0, aug.blur_sigma - 0.5)
+    out = images.clone()
+    for i in pick.nonzero().flatten().tolist():
+        sigma = float(sigmas[i])
+        radius = max(1, math.ceil(2 * sigma))
+        x = torch.arange(-radius, radius + 1, dtype=images.dtype)
+        kernel = torch.exp(-(x**2) / (2 * sigma**2))
+        kernel = kernel / kernel.sum()
+        c = images.shape[1]
+        img = F.pad(images[i : i + 1], (radius, radius, radius, radius), mode="replicate")
+        img = F.conv2d(img, kernel.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        img = F.conv2d(img, kernel.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+        out[i] = img[0]
+    return out

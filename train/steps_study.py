@@ -165,10 +165,13 @@ def run_arm(name: str, overrides: list[str], opts: dict) -> dict:
     args = ["--config", opts["config"], "--out", str(out), "--cache", str(Path(opts["out"]) / "cache")]
     args += [a for o in [*overrides, *common] for a in ("--set", o)]
     t0 = time.time()
-    if not (out / "weights" / "model.safetensors").is_file():
-        T.main([*args, "--no-progress"])
+    if opts.get("weights"):  # measure a finished model instead of training an arm
+        model = load_model(opts["weights"])
+    else:
+        if not (out / "weights" / "model.safetensors").is_file():
+            T.main([*args, "--no-progress"])
+        model = load_model(out / "weights")
     train_minutes = (time.time() - t0) / 60
-    model = load_model(out / "weights")
     run = T.load_run_config(opts["config"], [*overrides, *common])
     _, val = T.prepare_data(run, Path(opts["out"]) / "cache")
     keep = (val.labels.flatten(1) > 0).any(1).nonzero().flatten()  # images with something to find
@@ -190,6 +193,7 @@ def run_arm(name: str, overrides: list[str], opts: dict) -> dict:
         "val_images": len(labels),
         "rows": rows,
     }
+    out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -290,7 +294,45 @@ def render(dataset: str, results: dict[str, dict], opts: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure_weights(args) -> dict:
+    """The study's measures on a finished model's validation split (no training)."""
+    from medconddiff.hub import load_model, resolve
+
+    model = load_model(args.weights)
+    name = resolve(args.weights).name
+    opts = {
+        "config": CONFIGS[args.dataset],
+        "out": str(Path(args.runs) / f"steps_{args.dataset}_{name}"),
+        "threads": args.threads,
+        "steps": STEPS,
+        "ensembles": ENSEMBLES,
+        "samplers": SAMPLERS,
+        "max_val": args.max_val,
+        "size": model.config.image_size,
+        "train_steps": 0,
+        "weights": str(resolve(args.weights)),
+        "overrides": [f"model.image_size={model.config.image_size}"],
+        "command": f"python -m train.studies steps --dataset {args.dataset} --weights {args.weights}",
+    }
+    result = run_arm(name, [], opts)
+    result["train_minutes"] = "–"
+    results = {name: result}
+    out = Path(args.docs)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"steps_{args.dataset}_{name}"
+    summary = {name: {"overrides": [], "best": best_defaults(result)}}
+    (out / f"{stem}.json").write_text(json.dumps({"options": opts, "summary": summary, "arms": results}, indent=1))
+    table = render(args.dataset, results, opts).replace(
+        f"{opts['train_steps']} training steps per arm, seed 0", f"the finished model `{name}`"
+    )
+    (out / f"{stem}.md").write_text(table)
+    print(table)
+    return results
+
+
 def study_steps(args) -> dict:
+    if args.weights:
+        return measure_weights(args)
     dataset = args.dataset
     tiny = args.tiny
     opts = {
@@ -350,5 +392,6 @@ def add_parser(sub) -> None:
     s.add_argument("--threads", type=int, default=1, help="torch threads per arm")
     s.add_argument("--runs", default="runs/studies", help="where the arms' runs go")
     s.add_argument("--docs", default="docs/studies", help="where the tables go")
+    s.add_argument("--weights", help="measure this finished model on the dataset's validation split (no training)")
     s.add_argument("--tiny", action="store_true", help="a seconds-long run on a few images (tests, CI)")
     s.add_argument("--tiny-split", default="tests/data/tiny_split_kvasir.json", help="split file for --tiny")

@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if is_main else logging.WARNING,
         format="%(asctime)s %(message)s",
         handlers=[logging.FileHandler(out / "train.log")] if is_main else [logging.NullHandler()],
+        force=True,  # a second run in the same process (the studies) logs to its own folder
     )
     torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 1) // world))
     cmd = "python -m train.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
