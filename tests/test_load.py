@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from scripts import benchmark_script
+from support.appserver import unexpected_tracebacks
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets" / "examples"
@@ -46,7 +47,7 @@ def test_unexpected_tracebacks_ignores_the_apps_own_errors():
         'Traceback (most recent call last):\n  File "medconddiff/io.py", line 2\n    raise\n'
         "RuntimeError: boom\n"
     )
-    assert load.unexpected_tracebacks(log) == ["RuntimeError: boom"]
+    assert unexpected_tracebacks(log) == ["RuntimeError: boom"]
 
 
 def test_requests_name_only_the_offered_models(tmp_path):
