@@ -36,7 +36,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
-from medconddiff import pipeline  # noqa: E402
 from medconddiff.config import MedCondDiffConfig  # noqa: E402
 from medconddiff.model import MedCondDiff  # noqa: E402
 from medconddiff.pipeline import (  # noqa: E402
@@ -110,10 +109,6 @@ def experiments_at(size: int, raw, kind: str, args: argparse.Namespace, device: 
     if "layout" in todo:
         print(f"{size}: layout", file=sys.stderr, flush=True)
         row |= layouts(model, seg, args.repeats, device)
-    if "consensus" in todo:
-        print(f"{size}: consensus layout", file=sys.stderr, flush=True)
-        for e in (1, 4):
-            row[f"consensus_layout_e{e}"] = consensus_layout(model, raw, kind, e, args.repeats, device)
     if "denoiser" in todo:
         print(f"{size}: denoiser architecture", file=sys.stderr, flush=True)
         for e in (1, 4):
@@ -169,29 +164,6 @@ def layouts(model, seg: Callable[..., Callable[[], None]], repeats: int, device:
     res["speedup_all_weights"] = res["activations_only"]["median"] / res["all_weights"]["median"]
     out["channels_last_weights"] = with_ratio(res, "activations_only", "image_path_weights")
     return out
-
-
-def consensus_layout(model, raw, kind: str, ensemble: int, repeats: int, device: torch.device) -> dict:
-    """The CPU trajectory buffer laid out contiguously vs with K innermost (the default), timed on
-    the whole segmentation: the layout makes the loop's copy into the buffer cheaper or the
-    consensus that reads it cheaper, so only the total says which wins. The masks must match."""
-    settings = replace(SamplingSettings.defaults_for(model.config), ensemble=ensemble)
-
-    def seg(classes_innermost: bool) -> Callable[[], object]:
-        def go():
-            default = pipeline.TRAJECTORY_CLASSES_INNERMOST
-            pipeline.TRAJECTORY_CLASSES_INNERMOST = classes_innermost
-            try:
-                return segment_image(model, raw, settings, kind=kind, keep_trajectory=False)
-            finally:
-                pipeline.TRAJECTORY_CLASSES_INNERMOST = default
-
-        return go
-
-    assert (seg(False)().labels == seg(True)().labels).all()  # the same masks
-    out = interleaved({"contiguous": seg(False), "k_innermost": seg(True)}, repeats=repeats, device=device)
-    out["ensemble"] = ensemble
-    return with_ratio(out, "contiguous", "k_innermost")
 
 
 def denoiser_architectures(size: int, raw, kind: str, ensemble: int, repeats: int, device) -> dict:
@@ -359,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--volume-slices", type=int, default=16, help="slices for the batch-size sweep (0 skips)")
     ap.add_argument(
         "--experiments",
-        default="autograd,layout,consensus,denoiser,chunk,autocast,threads,compile",
-        help="comma-separated subset of autograd,layout,consensus,denoiser,chunk,autocast,threads,compile "
+        default="autograd,layout,denoiser,chunk,autocast,threads,compile",
+        help="comma-separated subset of autograd,layout,denoiser,chunk,autocast,threads,compile "
         "(compile: about a minute)",
     )
     ap.add_argument("--threads", type=int, default=None)

@@ -42,7 +42,7 @@ def quick_run(tmp_path_factory) -> tuple[dict, str, Path]:
 def ablate_run(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("ablate") / "ablate.json"
     cmd = ["benchmarks/ablate.py", "--sizes", "64", "--repeats", "1", "--volume-slices", "0"]
-    cmd += ["--threads", "1", "--experiments", "autograd,layout,consensus,denoiser,autocast", "--json", str(out)]
+    cmd += ["--threads", "1", "--experiments", "autograd,layout,denoiser,autocast", "--json", str(out)]
     _run(cmd)
     return json.loads(out.read_text()), out
 
@@ -129,7 +129,7 @@ def test_ablations_report_before_after_pairs(ablate_run):
     out, _ = ablate_run
     row = out["sizes"]["64"]
     expected = {"autograd", "channels_last_denoiser", "channels_last_weights", "autocast"}
-    assert set(row) == expected | {f"{n}_e{e}" for n in ("consensus_layout", "denoiser_architecture") for e in (1, 4)}
+    assert set(row) == expected | {f"{n}_e{e}" for n in ("denoiser_architecture",) for e in (1, 4)}
     arch = row["denoiser_architecture_e4"]
     assert arch["ensemble"] == 4 and arch["before"] == "width256_full_res_head"
     params = arch["denoiser_parameters"]
