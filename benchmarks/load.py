@@ -12,8 +12,8 @@ inputs) for a bounded time. It reports and checks:
   matching the summary), every bad one with its own error message (a gr.Error);
 - zero server errors: no unexpected error reached a client, no traceback other than the app's
   gr.Error in the server log, the server still answers afterwards;
-- the queue bounds concurrent work: a probe wrapped around the library's sampling loop inside the
-  server counts how many samplings run at once, against the app's concurrency limit;
+- the queue bounds concurrent work: a probe in the server (tests/support/appserver.py, PyTorch's
+  module hooks) counts the threads running the network at once, against the app's concurrency limit;
 - no leak: the server's resident memory (VmRSS) after the run within 20% of after warm-up, and
   the request files left in its temporary folders;
 - the upload cap: a file one byte over the app's `max_file_size` is refused by the upload route.
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import shlex
@@ -45,6 +44,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+import report as render  # noqa: E402
+import torch  # noqa: E402
+from harness import finish, machine, write_json  # noqa: E402
 from support.appserver import AppServer, unexpected_tracebacks  # noqa: E402  (the app launcher lives in test support)
 
 EXAMPLES = REPO / "assets" / "examples"
@@ -166,7 +168,7 @@ class Report:
     server_exit_code: int | None = None  # after SIGTERM
     concurrency_limit: int | None = None
     max_concurrent_samplings: int | None = None
-    samplings: int | None = None
+    network_calls: int | None = None  # top-level module calls the probe saw
     max_file_size: str | int | None = None
     oversized_upload_status: int | None = None
     rss_warm_mib: float = 0.0
@@ -373,7 +375,7 @@ def run_load(
         stats = server.stats()
         report.concurrency_limit = stats.get("concurrency_limit")
         report.max_concurrent_samplings = stats.get("max_active")
-        report.samplings = stats.get("samplings")
+        report.network_calls = stats.get("network_calls")
     finally:
         report.server_exit_code = server.stop()
         report.server_tracebacks = unexpected_tracebacks(server.log())
@@ -395,7 +397,6 @@ def run_load(
 
 
 def bundled_ct_model() -> str | None:
-    sys.path.insert(0, str(REPO))
     from medconddiff import hub
 
     return "abdomen-ct-demo" if "abdomen-ct-demo" in hub.bundled_models() else None
@@ -403,13 +404,10 @@ def bundled_ct_model() -> str | None:
 
 def default_weights(workdir: Path) -> str:
     """The bundled BraTS demo weights, else a random-init 2-channel model (robustness only, not quality)."""
-    sys.path.insert(0, str(REPO))
     from medconddiff import hub
 
     if "brats-demo" in hub.bundled_models():
         return "brats-demo"
-    import torch
-
     from medconddiff.config import MedCondDiffConfig
     from medconddiff.model import MedCondDiff
 
@@ -418,76 +416,14 @@ def default_weights(workdir: Path) -> str:
     return str(hub.save_model(MedCondDiff(MedCondDiffConfig(image_size=64)).eval(), folder))
 
 
-def _bench():
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bench
-
-    return bench
-
-
-def machine_record(loadavg_at_start: list[float], busy_at_start: float | None) -> tuple[dict, list[str]]:
-    """bench.py's machine record (CPU, cores, torch, threads, load average) and its busy-machine note, if any."""
-    bench = _bench()
-    import torch
-
-    info = bench.machine(torch.device("cpu"))
-    info["loadavg_at_end"] = info.pop("loadavg_at_start", None)  # bench.machine reads it now: after the run
-    info["loadavg_at_start"] = loadavg_at_start
-    info["other_busy_cores_at_start"] = busy_at_start
-    note = bench.busy_note(info)
-    return info, [note] if note else []
-
-
-def to_json(report: Report, *, command: str, loadavg_at_start: list[float], busy_at_start: float | None = None) -> dict:
-    """The figures as `report.py` reads them: the command, the machine, the report, the checks."""
-    info, notes = machine_record(loadavg_at_start, busy_at_start)
+def to_json(report: Report, *, command: str, info: dict | None = None) -> dict:
+    """The figures as `report.py` reads them: the command, the machine (`harness.machine`), the report, the checks."""
+    notes: list[str] = []
+    if info is not None:
+        finish(info, notes)
     data = {"command": command, "machine": info, "notes": notes}
     data |= {**asdict(report), "server_errors": report.server_errors, "checks": report.checks()}
-    data["passed"] = report.passed
-    return data
-
-
-def format_report(r: Report) -> str:
-    rows = [
-        ("users x duration", f"{r.users} x {r.duration_s:.0f} s"),
-        ("models (custom weights off)", ", ".join(r.models) or r.weights),
-        ("steps per good request", str(r.steps)),
-        (
-            "requests answered",
-            f"{r.requests} ({r.throughput_per_min} / min; p50 {r.latency_p50_s} s, p95 {r.latency_p95_s} s)",
-        ),
-        ("good requests: valid mask", f"{r.good_ok} / {r.good_sent}"),
-        ("bad requests: their error", f"{r.bad_ok} / {r.bad_sent}"),
-        (
-            "server errors",
-            f"{r.server_errors} (client-side failures {len(r.failures)}, "
-            f"server tracebacks {len(r.server_tracebacks)}, alive after: {r.server_alive_after})",
-        ),
-        (
-            "concurrent samplings (max / limit)",
-            f"{r.max_concurrent_samplings} / {r.concurrency_limit} ({r.samplings} samplings)",
-        ),
-        (
-            "RSS after warm-up -> after run",
-            f"{r.rss_warm_mib:.0f} MiB -> {r.rss_end_mib:.0f} MiB ({100 * r.rss_change:+.1f} %)",
-        ),
-        (
-            "RSS during the run",
-            " -> ".join(f"{v}" for v in r.rss_samples_mib) + " MiB" if r.rss_samples_mib else "not sampled",
-        ),
-        ("warm-up", f"each request once, then {r.users} users for {r.warm_concurrent_s:.0f} s"),
-        (
-            "files in the server's temp folders (warm-up -> end)",
-            f"{r.temp_files_warm} -> {r.temp_files_end}: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(r.temp_files_end_by_kind.items())),
-        ),
-        ("upload over max_file_size", f"{r.max_file_size}: HTTP {r.oversized_upload_status}"),
-    ]
-    lines = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
-    lines += ["", *[f"- [{'x' if ok else ' '}] {name}" for name, ok in r.checks().items()]]
-    if r.failures or r.server_tracebacks:
-        lines += ["", "failures:", *[f"  {f}" for f in (r.failures + r.server_tracebacks)[:20]]]
-    return "\n".join(lines)
+    return data | {"passed": report.passed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,8 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work folder (server log, downloads)")
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
-    loadavg_at_start = [round(x, 2) for x in os.getloadavg()]
-    busy_at_start = _bench().other_busy_cores()
+    info = machine(torch.device("cpu"))  # the load average and busy cores at the start
     workdir = Path(tempfile.mkdtemp(prefix="medconddiff-load-"))
     try:
         report = run_load(
@@ -512,16 +447,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"work folder kept: {workdir}")
-    print(format_report(report))
+    data = to_json(report, command="python benchmarks/load.py " + shlex.join(argv), info=info)
+    print("\n".join(render.load_section(data)))
     if args.json:
-        data = to_json(
-            report,
-            command="python benchmarks/load.py " + shlex.join(argv),
-            loadavg_at_start=loadavg_at_start,
-            busy_at_start=busy_at_start,
-        )
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+        write_json(args.json, data)
     return 0 if report.passed else 1
 
 

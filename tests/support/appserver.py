@@ -1,8 +1,9 @@
 """The demo app in a subprocess on 127.0.0.1, for the tests and `benchmarks/load.py`.
 
-`AppServer` starts `python tests/support/appserver.py serve --port P`, which imports `app.py`, wraps
-the library's sampling loop as the app calls it with a probe counting concurrent samplings (written
-to stats.json), and calls `app.main`. The server has its own process group and temp folders and is
+`AppServer` starts `python tests/support/appserver.py serve --port P`, which imports `app.py`, adds
+a probe counting the threads that run the network at once (PyTorch's global module hooks; no
+library or app function is replaced), writes its counts to stats.json once a second, and calls
+`app.main`. The server has its own process group and temp folders and is
 stopped with SIGTERM; it exits by itself if the process that started it goes away.
 """
 
@@ -47,8 +48,8 @@ def files_under(*folders: Path) -> list[Path]:
 class AppServer:
     """`app.py` in its own process group on 127.0.0.1, with its own temp folders; stopped with SIGTERM.
 
-    The server runs `python tests/support/appserver.py serve`, which imports app.py, wraps the library's
-    sampling loop with a concurrency probe (writing stats.json), and calls `app.main`.
+    The server runs `python tests/support/appserver.py serve`: app.py with a concurrency probe
+    (writing stats.json), started through `app.main`.
     """
 
     def __init__(self, workdir: Path, *, weights: str | None = None, env: dict[str, str] | None = None) -> None:
@@ -177,7 +178,7 @@ def unexpected_tracebacks(log: str) -> list[str]:
 
 
 def serve(port: int, parent_pid: int | None) -> None:
-    """Server side: app.py with a probe counting concurrent samplings, then `app.main`."""
+    """Server side: app.py with a probe counting the threads running the network at once, then `app.main`."""
     sys.path.insert(0, str(REPO))
     if parent_pid:  # never outlive the test or script that started us
 
@@ -190,34 +191,42 @@ def serve(port: int, parent_pid: int | None) -> None:
                     os._exit(3)
 
         threading.Thread(target=watch, daemon=True).start()
+    from torch.nn.modules import module as nn_module
+
     import app
 
+    # The probe: PyTorch's global module hooks (documented for debugging and profiling) see every
+    # module call in the process. A thread is running the network from its first module call until
+    # that call returns; the most threads doing so at once is what the queue must bound.
     stats_path = Path(os.environ["MEDCONDDIFF_LOAD_STATS"])
-    lock = threading.Lock()
-    stats = {"active": 0, "max_active": 0, "samplings": 0, "concurrency_limit": app.CONCURRENCY}
-    original = app.iter_segment_slices
+    lock, depth = threading.Lock(), threading.local()
+    stats = {"active": 0, "max_active": 0, "network_calls": 0, "concurrency_limit": app.CONCURRENCY}
 
-    def dump() -> None:
-        tmp = stats_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stats))
-        tmp.replace(stats_path)
+    def enter(module, args) -> None:
+        depth.n = getattr(depth, "n", 0) + 1
+        if depth.n == 1:
+            with lock:
+                stats["active"] += 1
+                stats["network_calls"] += 1
+                stats["max_active"] = max(stats["max_active"], stats["active"])
 
-    def counted(*args, **kwargs):
-        with lock:
-            stats["active"] += 1
-            stats["samplings"] += 1
-            stats["max_active"] = max(stats["max_active"], stats["active"])
-            dump()
-        try:
-            yield from original(*args, **kwargs)
-        finally:
+    def leave(module, args, output) -> None:
+        depth.n -= 1
+        if depth.n == 0:
             with lock:
                 stats["active"] -= 1
-                dump()
 
-    app.iter_segment_slices = counted
-    with lock:
-        dump()
+    def dump_every_second() -> None:
+        while True:
+            with lock:
+                text = json.dumps(stats)
+            stats_path.with_suffix(".tmp").write_text(text)
+            stats_path.with_suffix(".tmp").replace(stats_path)
+            time.sleep(1.0)
+
+    nn_module.register_module_forward_pre_hook(enter)
+    nn_module.register_module_forward_hook(leave, always_call=True)  # also when a forward raises
+    threading.Thread(target=dump_every_second, name="stats", daemon=True).start()
     app.main(["--host", "127.0.0.1", "--port", str(port)])
 
 
