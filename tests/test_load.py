@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 from scripts import benchmark_script
-from support.appserver import unexpected_tracebacks
+from support.appserver import AppServer, unexpected_tracebacks
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets" / "examples"
@@ -77,3 +78,32 @@ def test_load_figures_render_as_the_results_section():
     md = "\n".join(render.load_section(json.loads(json.dumps(data))))
     assert "- [ ] every bad request answered with its error" in md and "- [x] the queue bounds" in md
     assert "| bad requests: their own error | 3 / 4 |" in md and "nan_pixels" in md
+
+
+@pytest.mark.slow
+def test_the_concurrency_probe_sees_two_samplings_when_the_queue_allows_two(tmp_path, tiny_weights):
+    """The load test's queue check can fail: with a limit of 2 and two users, the probe must count 2."""
+    import threading
+
+    from gradio_client import Client, handle_file
+
+    pair = [EXAMPLES / "brats_pat0003_z080_flair.png", EXAMPLES / "brats_pat0003_z080_t1c.png"]
+    if not all(p.is_file() for p in pair):
+        pytest.skip("no bundled BraTS example slices")
+    env = {"MEDCONDDIFF_CONCURRENCY": "2", "MEDCONDDIFF_CUSTOM_WEIGHTS": "off"}
+    with AppServer(tmp_path / "server", weights=str(tiny_weights), env=env) as server:
+
+        def user(i: int) -> None:
+            client = Client(server.url, verbose=False, download_files=str(tmp_path / f"user{i}"))
+            for _ in range(3):
+                client.predict([handle_file(str(p)) for p in pair], "", 50, 2, "", i, api_name="/segment")
+
+        threads = [threading.Thread(target=user, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(1.5)  # the server writes its counts once a second
+        stats = server.stats()
+    assert stats["concurrency_limit"] == 2 and stats["network_calls"] > 0
+    assert stats["max_active"] == 2, stats
