@@ -5,7 +5,7 @@
 Per image size (batch 1; the --weights model where its size matches, else random weights):
   backbone    `pipeline.encode`, ms per image (this design runs it once per image)
   denoiser    `model.denoise`, ms per step
-  default     one real slice through `pipeline.segment_image` with the model's default settings
+  default     one real slice through `pipeline.iter_segment_slices` (run to its end, as `segment_image`)
   every_step  the same call with `backbone_every_step=True` (the authors' structure): the same masks
   ddpm1000    MedSegDiff-style: sampler="ddpm", steps=1000, backbone every step; the first N steps
               are timed and the time extrapolated linearly to 1000 (flagged in the JSON)
@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -131,8 +132,8 @@ def bench_size(model, origin: str, raw, kind: str, plan: dict, perf: dict, devic
     out["backbone_ms"] = 1e3 * statistics.median(per_call["backbone"])
     out["denoiser_ms_per_step"] = 1e3 * statistics.median(per_call["denoiser"])
 
-    def seg(**kw):
-        return lambda: segment_image(model, raw, settings, kind=kind, keep_trajectory=False, **perf, **kw)
+    def seg(**kw):  # both arms through the same public call, run to its last item (the results)
+        return lambda: deque(iter_segment_slices(model, [raw], settings, kind=kind, **perf, **kw), maxlen=1)[0][0]
 
     with PeakMemory(device) as mem:
         ours = seg()()

@@ -4,25 +4,15 @@
     python benchmarks/load.py --users 4 --duration 30 # the short run (what tests/test_load.py does in CI)
     python benchmarks/load.py --json load.json        # also write the figures as JSON
 
-It starts `app.py` in a subprocess on 127.0.0.1 (a free port; nothing else is contacted), warms it
-up with one request of every kind, then lets N users send real example slices (and a share of bad
-inputs) for a bounded time. It reports and checks:
-
-- every good request answered with a valid mask (PNG of class indices at the input's size,
-  matching the summary), every bad one with its own error message (a gr.Error);
-- zero server errors: no unexpected error reached a client, no traceback other than the app's
-  gr.Error in the server log, the server still answers afterwards;
-- the queue bounds concurrent work: a probe in the server (tests/support/appserver.py, PyTorch's
-  module hooks) counts the threads running the network at once, against the app's concurrency limit;
-- no leak: the server's resident memory (VmRSS) after the run within 20% of after warm-up, and
-  the request files left in its temporary folders;
-- the upload cap: a file one byte over the app's `max_file_size` is refused by the upload route.
-
-Models: requests name the offered models as a public server offers them (custom weights off):
-`brats-demo` for the BraTS slices and `abdomen-ct-demo` for the CT slices when they are bundled;
-without `brats-demo`, a random-init model written to a temp folder and offered through
-MEDCONDDIFF_WEIGHTS (that checks robustness, not segmentation quality). A request naming a model
-the server does not offer is one of the bad inputs. The exit code is 0 only if every check passes.
+It starts the app on 127.0.0.1 (`tests/support/appserver.py`; nothing else is contacted), warms it
+up, then lets N users send the bundled example slices and bad inputs for a bounded time, and checks:
+every good request gets a valid mask and every bad one its own gr.Error; zero server errors (client
+failures, tracebacks other than gr.Error, a server that stops answering); at most the app's
+concurrency limit of threads running the network at once (the server's probe); resident memory after
+the run within 20% of after warm-up; an upload one byte over `max_file_size` refused. Requests name
+the offered models, as a public server offers them (custom weights off): `brats-demo` (else a
+random-init model: robustness, not quality) and `abdomen-ct-demo` when bundled; naming a model the
+server does not offer is a bad input. The exit code is 0 only if every check passes.
 """
 
 from __future__ import annotations
@@ -42,12 +32,19 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 import report as render  # noqa: E402
 import torch  # noqa: E402
 from harness import finish, machine, write_json  # noqa: E402
 from support.appserver import AppServer, unexpected_tracebacks  # noqa: E402  (the app launcher lives in test support)
+
+from medconddiff import hub  # noqa: E402
+from medconddiff.config import MedCondDiffConfig  # noqa: E402
+from medconddiff.model import MedCondDiff  # noqa: E402
 
 EXAMPLES = REPO / "assets" / "examples"
 RSS_TOLERANCE = 0.20
@@ -75,8 +72,6 @@ class Request:
 
 
 def _png_shape(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
     with Image.open(path) as img:
         return img.size[1], img.size[0]
 
@@ -88,9 +83,6 @@ def build_requests(folder: Path, *, steps: int, model: str = "", ct_model: str |
     weights' name) the CT example slices go to that model too.
     """
     import gzip
-
-    import numpy as np
-    from PIL import Image
 
     good = []
     for flair in sorted(EXAMPLES.glob("brats_*_z*_flair.png")):
@@ -216,9 +208,6 @@ def _check_answer(req: Request, result, error: BaseException | None) -> tuple[bo
         shape = _png_shape(Path(mask))
         if shape != req.shape or list(summary.get("shape", [])) != list(req.shape):
             return False, f"mask shape {shape} / summary {summary.get('shape')} != {req.shape}"
-        import numpy as np
-        from PIL import Image
-
         labels = np.asarray(Image.open(mask))
         k = len(summary["classes"])
         if labels.max() >= k or np.bincount(labels.ravel(), minlength=k).tolist() != summary["areas"]:
@@ -237,15 +226,8 @@ def send(client, req: Request, *, timeout: float) -> Outcome:
     started = time.perf_counter()
     result, error = None, None
     try:
-        job = client.submit(
-            [handle_file(str(p)) for p in req.files],
-            req.model,
-            req.steps,
-            req.ensemble,
-            req.consensus,
-            0,
-            api_name="/segment",
-        )
+        files = [handle_file(str(p)) for p in req.files]
+        job = client.submit(files, req.model, req.steps, req.ensemble, req.consensus, 0, api_name="/segment")
         result = job.result(timeout=timeout)
     except Exception as err:  # every failure is recorded and judged, none stops a user
         error = err
@@ -397,23 +379,16 @@ def run_load(
 
 
 def bundled_ct_model() -> str | None:
-    from medconddiff import hub
-
     return "abdomen-ct-demo" if "abdomen-ct-demo" in hub.bundled_models() else None
 
 
 def default_weights(workdir: Path) -> str:
     """The bundled BraTS demo weights, else a random-init 2-channel model (robustness only, not quality)."""
-    from medconddiff import hub
-
     if "brats-demo" in hub.bundled_models():
         return "brats-demo"
-    from medconddiff.config import MedCondDiffConfig
-    from medconddiff.model import MedCondDiff
-
     torch.manual_seed(0)
-    folder = workdir / "random-init-weights"
-    return str(hub.save_model(MedCondDiff(MedCondDiffConfig(image_size=64)).eval(), folder))
+    model = MedCondDiff(MedCondDiffConfig(image_size=64)).eval()
+    return str(hub.save_model(model, workdir / "random-init-weights"))
 
 
 def to_json(report: Report, *, command: str, info: dict | None = None) -> dict:

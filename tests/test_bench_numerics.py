@@ -15,7 +15,7 @@ import torch
 
 from medconddiff import pipeline
 from medconddiff.errors import SettingsError
-from medconddiff.pipeline import SamplingSettings, encode, segment_image, use_channels_last
+from medconddiff.pipeline import SamplingSettings, encode, iter_segment_slices, segment_image, use_channels_last
 from medconddiff.sampler import sample_loop
 
 
@@ -108,7 +108,9 @@ def test_backbone_every_step_runs_the_backbone_each_step_and_gives_the_same_mask
     try:
         ours = segment_image(tiny_model, _slice(), settings, kind="nifti")
         once = len(calls)
-        theirs = segment_image(tiny_model, _slice(), settings, kind="nifti", backbone_every_step=True)
+        *_, (theirs,) = iter_segment_slices(
+            tiny_model, [_slice()], settings, kind="nifti", keep_trajectory=True, backbone_every_step=True
+        )
     finally:
         handle.remove()
     assert once == 1 and len(calls) - once == settings.steps
