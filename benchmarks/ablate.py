@@ -1,18 +1,14 @@
-"""Before/after of each speed option, measured side by side (interleaved repeats) on this machine.
+"""Before/after of each speed option, timed side by side (interleaved rounds) on this machine.
 
-    python benchmarks/ablate.py [--device cpu|cuda] [--sizes 128,256] [--repeats 5] [--json OUT] [--experiments ...,compile]
+    python benchmarks/ablate.py [--device cpu|cuda] [--sizes 128,256] [--repeats 5] [--json OUT] [--experiments ...]
 
-Each experiment times one default segmentation of a real slice (10 DDIM steps, 1 member, mean-logits
-consensus) with the option off and on, alternating the two in every repeat so that a change in
-machine load hits both alike; it reports medians and their ratio. `bench.py` gives the absolute
-figures; this gives the evidence for each optimisation listed in benchmarks/RESULTS.md.
-
-Experiments: autograd off (grad vs no_grad vs inference_mode), the denoiser's channels-last layout,
-channels-last weights as well (a candidate, not adopted), the trajectory buffer's layout (K innermost
-or contiguous, whole segmentation), the denoiser's architecture (width 256 + full-resolution head vs width 96 + stride-2
-head), ensemble rows per denoiser call (cache-sized chunks on the CPU), reduced-precision autocast
-(bf16 on the CPU, fp16 on CUDA), threads, slices per batch for a volume, and torch.compile of the denoiser (CUDA: mode reduce-overhead, i.e. CUDA graphs).
-Which of them the library keeps, and why, is listed in benchmarks/RESULTS.md (`report.py`).
+Each experiment times one default segmentation of a real slice (or the sampling loop, where the
+option lives there) with the option off and on, the arms alternating in every round; the speed-up
+is the median of the per-round ratios. Experiments: autograd (grad / no_grad / inference_mode),
+layout (channels-last activations; channels-last weights, a candidate), denoiser (width 256 with a
+full-resolution head vs width 96 with a stride-2 head), chunk (ensemble rows per denoiser call),
+autocast (bf16 on the CPU, fp16 on CUDA), threads, and slices per batch for a volume. Which options
+the library keeps, and why, is written in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -20,237 +16,105 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
-import os
 import shlex
-import statistics
 import sys
-import time
+import tempfile
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from bench import build_model, example_slice, volume_files
+from harness import PeakMemory, compare, finish, interleaved, log, machine, write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402
+from medconddiff.config import MedCondDiffConfig
+from medconddiff.model import MedCondDiff
+from medconddiff.pipeline import SamplingSettings, encode, load_case, segment_image, segment_volume, use_channels_last
+from medconddiff.sampler import denoiser_chunk, sample_loop
 
-from medconddiff import pipeline  # noqa: E402
-from medconddiff.config import MedCondDiffConfig  # noqa: E402
-from medconddiff.model import MedCondDiff  # noqa: E402
-from medconddiff.pipeline import (  # noqa: E402
-    SamplingSettings,
-    encode,
-    segment_image,
-    segment_volume,
-    use_channels_last,
-)
-from medconddiff.sampler import denoiser_chunk, sample_loop  # noqa: E402
+EXPERIMENTS = ("autograd", "layout", "denoiser", "chunk", "autocast", "threads")
+IMAGE_PATH = ("adapter", "backbone", "decoder")  # the modules `encode_image` runs, once per image
 
 
-def interleaved(variants: dict[str, Callable[[], object]], *, repeats: int, device: torch.device) -> dict:
-    """Median seconds of each variant, timed in turn within every repeat, after one warm-up each."""
-    for fn in variants.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            times[name] += bench.measure(fn, device=device, warmup=0, repeats=1)
-    return {name: {"median": statistics.median(t), "samples": [round(x, 5) for x in t]} for name, t in times.items()}
+def sampling(model, image: torch.Tensor, steps: int, **kw) -> Callable[[], None]:
+    """The backbone once, then the sampling loop run to the end (no consensus): for options that live there."""
+
+    def go() -> None:
+        for _ in sample_loop(model, encode(model, image), steps=steps, keep_x_t=False, **kw):
+            pass
+
+    return go
 
 
-def with_ratio(res: dict, before: str, after: str) -> dict:
-    res["speedup"] = res[before]["median"] / res[after]["median"]
-    res["before"], res["after"] = before, after
-    return res
-
-
-def autograd_modes(model, image: torch.Tensor, settings: SamplingSettings, device: torch.device, repeats: int) -> dict:
-    """The backbone once + the sampling loop under each autograd mode (the pipeline uses inference_mode)."""
-
+def autograd_modes(model, image, steps: int, rounds: int, device) -> dict:
     layout = use_channels_last(device)
+    modes = {"grad": torch.enable_grad, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
 
-    def run(mode: Callable[[], AbstractContextManager]) -> Callable[[], None]:
+    def under(mode) -> Callable[[], None]:
         def go() -> None:
             with mode():
-                cond = encode(model, image)
-                for _ in sample_loop(model, cond, steps=settings.steps, keep_x_t=False, channels_last=layout):
-                    pass
+                sampling(model, image, steps, channels_last=layout)()
 
         return go
 
-    res = interleaved(
-        {"grad": run(torch.enable_grad), "no_grad": run(torch.no_grad), "inference_mode": run(torch.inference_mode)},
-        repeats=repeats,
-        device=device,
+    res = compare(
+        interleaved({n: under(m) for n, m in modes.items()}, rounds=rounds, device=device), "grad", "inference_mode"
     )
-    for name, mode in (("grad", torch.enable_grad), ("inference_mode", torch.inference_mode)):
-        with bench.PeakMemory(device) as mem:
-            run(mode)()
+    for name in ("grad", "inference_mode"):
+        with PeakMemory(device) as mem:
+            under(modes[name])()
         res[name]["memory"] = mem.result
-    return with_ratio(res, "grad", "inference_mode")
+    return res
 
 
-def experiments_at(size: int, raw, kind: str, args: argparse.Namespace, device: torch.device) -> dict:
-    """Every before/after at one image size, on the real architecture with random weights."""
-    model, _ = bench.build_model(size, None, device)
-    settings = SamplingSettings.defaults_for(model.config)
-    image = bench.model_grid(model, raw, kind, device)
-    cpu = device.type == "cpu"
-    row: dict = {}
-
-    def seg(net=model, **kw) -> Callable[[], None]:
-        return lambda: segment_image(net, raw, settings, kind=kind, keep_trajectory=False, **kw)
-
-    todo = set(args.experiments.split(","))
-    if "autograd" in todo:
-        print(f"{size}: autograd", file=sys.stderr, flush=True)
-        row["autograd"] = autograd_modes(model, image, settings, device, args.repeats)
-    if "layout" in todo:
-        print(f"{size}: layout", file=sys.stderr, flush=True)
-        row |= layouts(model, seg, args.repeats, device)
-    if "consensus" in todo:
-        print(f"{size}: consensus layout", file=sys.stderr, flush=True)
-        for e in (1, 4):
-            row[f"consensus_layout_e{e}"] = consensus_layout(model, raw, kind, e, args.repeats, device)
-    if "denoiser" in todo:
-        print(f"{size}: denoiser architecture", file=sys.stderr, flush=True)
-        for e in (1, 4):
-            row[f"denoiser_architecture_e{e}"] = denoiser_architectures(size, raw, kind, e, args.repeats, device)
-    if "chunk" in todo:
-        print(f"{size}: denoiser rows per call", file=sys.stderr, flush=True)
-        row["denoiser_chunk_e8"] = denoiser_chunks(model, image, settings, 8, args.repeats, device)
-    if "autocast" in todo:
-        amp = "bf16" if cpu else "fp16"
-        if cpu and not bench.machine(device)["cpu_bf16"]:
-            row["autocast"] = {"skipped": "this CPU has no native bf16 (autocast would emulate it, slowly)"}
-        else:
-            print(f"{size}: precision", file=sys.stderr, flush=True)
-            res = interleaved({"fp32": seg(), amp: seg(precision=amp)}, repeats=args.repeats, device=device)
-            row["autocast"] = with_ratio(res, "fp32", amp)
-    if cpu and "threads" in todo:
-        print(f"{size}: threads", file=sys.stderr, flush=True)
-        row["threads"] = thread_counts(seg, args.repeats, device)
-    if "compile" in todo:
-        print(f"{size}: torch.compile (slow)", file=sys.stderr, flush=True)
-        row["torch_compile_denoiser"] = compile_denoiser(model, seg, args.repeats, device)
-    return row
-
-
-IMAGE_PATH = ("adapter", "backbone", "decoder")  # the modules `encode_image` runs: once per image
-
-
-def layouts(model, seg: Callable[..., Callable[[], None]], repeats: int, device: torch.device) -> dict:
-    """The denoiser's channels-last activations (adopted), then channels-last weights (a candidate).
-
-    The candidate lays out the weights of the image pathway (adapter, backbone, decoder) channels-last,
-    and, as a third arm, every weight; the speed-up reported is the image pathway's.
-    """
-    out = {}
+def layouts(model, seg, rounds: int, device) -> dict:
+    """Channels-last activations for the denoiser (adopted on the CPU), then channels-last weights
+    for the image pathway and for every weight (candidates), each a re-laid-out copy of the model."""
     pair = {"contiguous": seg(channels_last=False), "channels_last": seg(channels_last=True)}
-    out["channels_last_denoiser"] = with_ratio(
-        interleaved(pair, repeats=repeats, device=device), "contiguous", "channels_last"
-    )
-    start = time.perf_counter()
-    image_cl = copy.deepcopy(model)
+    out = {
+        "channels_last_denoiser": compare(
+            interleaved(pair, rounds=rounds, device=device), "contiguous", "channels_last"
+        )
+    }
+    image_cl, all_cl = copy.deepcopy(model), copy.deepcopy(model).to(memory_format=torch.channels_last)
     for name in IMAGE_PATH:
-        if hasattr(image_cl, name):
-            getattr(image_cl, name).to(memory_format=torch.channels_last)
-    relayout_s = time.perf_counter() - start  # copy + re-layout: a one-off cost per loaded model
-    all_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        getattr(image_cl, name).to(memory_format=torch.channels_last)
     arms = {
         "activations_only": seg(channels_last=True),
         "image_path_weights": seg(image_cl, channels_last=True),
         "all_weights": seg(all_cl, channels_last=True),
     }
-    res = interleaved(arms, repeats=repeats, device=device)
-    res["relayout_seconds"] = relayout_s
-    res["speedup_all_weights"] = res["activations_only"]["median"] / res["all_weights"]["median"]
-    out["channels_last_weights"] = with_ratio(res, "activations_only", "image_path_weights")
-    return out
+    times = interleaved(arms, rounds=rounds, device=device)
+    res = compare(times, "activations_only", "image_path_weights")
+    res["speedup_all_weights"] = compare(times, "activations_only", "all_weights")["speedup"]
+    return out | {"channels_last_weights": res}
 
 
-def consensus_layout(model, raw, kind: str, ensemble: int, repeats: int, device: torch.device) -> dict:
-    """The CPU trajectory buffer laid out contiguously vs with K innermost (the default), timed on
-    the whole segmentation: the layout makes the loop's copy into the buffer cheaper or the
-    consensus that reads it cheaper, so only the total says which wins. The masks must match."""
-    settings = replace(SamplingSettings.defaults_for(model.config), ensemble=ensemble)
-
-    def seg(classes_innermost: bool) -> Callable[[], object]:
-        def go():
-            default = pipeline.TRAJECTORY_CLASSES_INNERMOST
-            pipeline.TRAJECTORY_CLASSES_INNERMOST = classes_innermost
-            try:
-                return segment_image(model, raw, settings, kind=kind, keep_trajectory=False)
-            finally:
-                pipeline.TRAJECTORY_CLASSES_INNERMOST = default
-
-        return go
-
-    assert (seg(False)().labels == seg(True)().labels).all()  # the same masks
-    out = interleaved({"contiguous": seg(False), "k_innermost": seg(True)}, repeats=repeats, device=device)
-    out["ensemble"] = ensemble
-    return with_ratio(out, "contiguous", "k_innermost")
-
-
-def denoiser_architectures(size: int, raw, kind: str, ensemble: int, repeats: int, device) -> dict:
-    """The mask branch as first built (at the decoder's width 256, a feature map at full resolution
-    before the last conv) vs now (`denoiser_width` 96, the last convs at stride 2 then a pixel
-    shuffle to the K logits). Random weights, the same image pathway; E members; speed only (the
-    masks differ: they are different networks). Also reports each arm's E / E=1 time ratio."""
+def denoiser_architectures(size: int, raw, kind: str, ensemble: int, rounds: int, device) -> dict:
+    """The mask branch as first built (width 256, full-resolution head) vs now (width 96, stride-2 head):
+    random weights, the same image pathway, E members; speed only (different networks, different masks)."""
     config = MedCondDiffConfig(image_size=size)
-    legacy = dataclasses.replace(config, denoiser_width=config.width, head_stride=1)
     arms = {}
-    for name, cfg in (("width256_full_res_head", legacy), ("width96_stride2_head", config)):
+    for name, cfg in (
+        ("width256_full_res_head", dataclasses.replace(config, denoiser_width=config.width, head_stride=1)),
+        ("width96_stride2_head", config),
+    ):
         torch.manual_seed(0)
         arms[name] = MedCondDiff(cfg).to(device).eval()
     settings = replace(SamplingSettings.defaults_for(config), ensemble=ensemble)
-
-    def seg(net) -> Callable[[], None]:
-        return lambda: segment_image(net, raw, settings, kind=kind, keep_trajectory=False)
-
-    res = interleaved({name: seg(net) for name, net in arms.items()}, repeats=repeats, device=device)
+    seg = {n: (lambda m=m: segment_image(m, raw, settings, kind=kind, keep_trajectory=False)) for n, m in arms.items()}
+    res = compare(interleaved(seg, rounds=rounds, device=device), "width256_full_res_head", "width96_stride2_head")
     res["ensemble"] = ensemble
     res["denoiser_parameters"] = {
-        name: net.parameter_counts()["rest"] - sum(p.numel() for p in net.decoder.parameters())
-        for name, net in arms.items()
+        n: m.parameter_counts()["rest"] - sum(p.numel() for p in m.decoder.parameters()) for n, m in arms.items()
     }
-    return with_ratio(res, "width256_full_res_head", "width96_stride2_head")
+    return res
 
 
-def denoiser_chunks(model, image, settings: SamplingSettings, ensemble: int, repeats: int, device) -> dict:
-    """E members: every row through the denoiser in one call vs `sampler.denoiser_chunk` rows per call."""
-    layout = use_channels_last(device)
-
-    def run(chunk: int | None) -> Callable[[], None]:
-        def go() -> None:
-            with torch.inference_mode():
-                cond = encode(model, image)
-                steps = sample_loop(
-                    model,
-                    cond,
-                    steps=settings.steps,
-                    ensemble=ensemble,
-                    keep_x_t=False,
-                    channels_last=layout,
-                    chunk=chunk,
-                )
-                for _ in steps:
-                    pass
-
-        return go
-
-    res = interleaved({"one_call": run(ensemble), "chunked": run(None)}, repeats=repeats, device=device)
-    with torch.inference_mode():
-        res["rows_per_call"] = min(ensemble, denoiser_chunk(model, encode(model, image)))
-    res["ensemble"] = ensemble
-    return with_ratio(res, "one_call", "chunked")
-
-
-def thread_counts(seg: Callable[..., Callable[[], None]], repeats: int, device: torch.device) -> dict:
-    """One intra-op thread vs torch's default (the core count); restored after every run."""
+def thread_counts(seg, rounds: int, device) -> dict:
+    """One intra-op thread vs torch's default (the cores); the default is restored after every call."""
     n = torch.get_num_threads()
+    many = n if n > 1 else 2
 
     def threads(k: int) -> Callable[[], None]:
         def go() -> None:
@@ -262,92 +126,72 @@ def thread_counts(seg: Callable[..., Callable[[], None]], repeats: int, device: 
 
         return go
 
-    many = n if n > 1 else 2
-    res = interleaved({"1": threads(1), str(many): threads(many)}, repeats=repeats, device=device)
-    return with_ratio(res, "1", str(many))
-
-
-def compile_denoiser(model, seg: Callable[..., Callable[[], None]], repeats: int, device: torch.device) -> dict:
-    """torch.compile of `model.denoise` (CUDA: mode reduce-overhead, i.e. CUDA graphs), with its build time."""
-    compiled = torch.compile(model.denoise, dynamic=False, mode=None if device.type == "cpu" else "reduce-overhead")
-
-    def use(on: bool) -> Callable[[], None]:
-        def go() -> None:
-            if on:
-                model.denoise = compiled  # an instance attribute shadows the method
-            else:
-                model.__dict__.pop("denoise", None)
-            seg()()
-
-        return go
-
-    try:
-        start = time.perf_counter()
-        use(True)()  # builds the compiled graph
-        compile_s = time.perf_counter() - start
-        res = interleaved({"eager": use(False), "compiled": use(True)}, repeats=repeats, device=device)
-    finally:
-        model.__dict__.pop("denoise", None)
-    res["first_call_seconds"] = compile_s
-    return with_ratio(res, "eager", "compiled")
-
-
-def volume_batches(slices: int, repeats: int, device: torch.device) -> dict:
-    """Slices per second through `segment_volume` (the CLI path) at 128 px for 1, 4, 8, 16 slices per batch."""
-    model, _ = bench.build_model(128, None, device)
-    vol, kind, source = bench.example_volume(model.config, slices)
-    settings = SamplingSettings.defaults_for(model.config)
-    sizes = (1, 4, 8, 16)
-
-    def run(b: int) -> Callable[[], None]:
-        return lambda: segment_volume(model, vol, settings, kind=kind, batch_size=b)
-
-    res = interleaved({str(b): run(b) for b in sizes}, repeats=repeats, device=device)
-    for b in sizes:
-        res[str(b)]["slices_per_second"] = slices / res[str(b)]["median"]
-    res["source"], res["slices"], res["size"] = source, slices, 128
-    return with_ratio(res, "1", "8")
-
-
-def run_experiments(args: argparse.Namespace) -> dict:
-    device = torch.device(args.device)
-    out: dict = {"machine": bench.machine(device), "repeats": args.repeats, "sizes": {}}
-    raw, kind, source = bench.example_slice(2)
-    out["input"] = source
-    out["experiments"] = args.experiments.split(",")
-    for size in [int(s) for s in args.sizes.split(",")]:
-        out["sizes"][str(size)] = experiments_at(size, raw, kind, args, device)
-    if args.volume_slices:
-        print("volume batch sizes", file=sys.stderr, flush=True)
-        out["volume_batch"] = volume_batches(args.volume_slices, max(1, args.repeats // 2), device)
-    out["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    note = bench.busy_note(out["machine"])
-    out["notes"] = [note] if note else []
-    return out
-
-
-def print_results(out: dict) -> None:
-    m = out["machine"]
-    print(
-        f"\nablations on {m['device']} ({m.get('gpu') or m['cpu']}), {m['threads']} threads, {out['repeats']} repeats"
+    return compare(
+        interleaved({"1": threads(1), str(many): threads(many)}, rounds=rounds, device=device), "1", str(many)
     )
-    print(f"{'size':>5}  {'experiment':<24} {'before':>16} {'after':>16} {'speed-up':>9}")
-    for size, row in out["sizes"].items():
-        for name, r in row.items():
-            if "skipped" in r:
-                print(f"{size:>5}  {name:<24} skipped: {r['skipped']}")
-                continue
-            b, a = r["before"], r["after"]
-            print(
-                f"{size:>5}  {name:<24} {b + ' ' + format(r[b]['median'], '.3f'):>16} "
-                f"{a + ' ' + format(r[a]['median'], '.3f'):>16} {r['speedup']:>9.2f}"
+
+
+def volume_batches(slices: int, rounds: int, device) -> dict:
+    """Slices per second through `segment_volume` (the command line's path) at 128 px, 1 to 16 slices per batch."""
+    model, _ = build_model(128, None, device)
+    settings = SamplingSettings.defaults_for(model.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        files, source = volume_files(model.config, slices, Path(tmp))
+        scan = load_case(files, model.config)
+    arms = {
+        str(b): (lambda b=b: segment_volume(model, scan.data, settings, kind=scan.kind, batch_size=b))
+        for b in (1, 4, 8, 16)
+    }
+    res = compare(interleaved(arms, rounds=rounds, device=device), "1", "8")
+    for b in arms:
+        res[b]["slices_per_second"] = slices / res[b]["median"]
+    return res | {"source": source, "slices": slices, "size": 128}
+
+
+def experiments_at(size: int, raw, kind: str, todo: set[str], rounds: int, device: torch.device) -> dict:
+    """Every asked-for before/after at one image size, on the real architecture with random weights."""
+    model, _ = build_model(size, None, device)
+    settings = SamplingSettings.defaults_for(model.config)
+    image = torch.randn(1, model.config.image_channels, size, size, device=device)
+    row: dict = {}
+
+    def seg(net=model, **kw) -> Callable[[], None]:
+        return lambda: segment_image(net, raw, settings, kind=kind, keep_trajectory=False, **kw)
+
+    if "autograd" in todo:
+        log(f"{size}: autograd")
+        row["autograd"] = autograd_modes(model, image, settings.steps, rounds, device)
+    if "layout" in todo:
+        log(f"{size}: layout")
+        row |= layouts(model, seg, rounds, device)
+    if "denoiser" in todo:
+        log(f"{size}: denoiser architecture")
+        for e in (1, 4):
+            row[f"denoiser_architecture_e{e}"] = denoiser_architectures(size, raw, kind, e, rounds, device)
+    if "chunk" in todo:
+        log(f"{size}: denoiser rows per call")
+        layout, e = use_channels_last(device), 8
+        with torch.inference_mode():
+            arms = {
+                "one_call": sampling(model, image, settings.steps, ensemble=e, channels_last=layout, chunk=e),
+                "chunked": sampling(model, image, settings.steps, ensemble=e, channels_last=layout),
+            }
+            res = compare(interleaved(arms, rounds=rounds, device=device), "one_call", "chunked")
+            res["rows_per_call"] = min(e, denoiser_chunk(model, encode(model, image)))
+        row["denoiser_chunk_e8"] = res | {"ensemble": e}
+    if "autocast" in todo:
+        amp = "bf16" if device.type == "cpu" else "fp16"
+        if device.type == "cpu" and not machine(device)["cpu_bf16"]:
+            row["autocast"] = {"skipped": "this CPU has no native bf16 (autocast would emulate it, slowly)"}
+        else:
+            log(f"{size}: precision")
+            row["autocast"] = compare(
+                interleaved({"fp32": seg(), amp: seg(precision=amp)}, rounds=rounds, device=device), "fp32", amp
             )
-    vb = out.get("volume_batch")
-    if vb:
-        rates = ", ".join(f"batch {b}: {vb[b]['slices_per_second']:.2f}" for b in ("1", "4", "8", "16"))
-        print(f"volume ({vb['slices']} slices at {vb['size']} px), slices/s: {rates}")
-    for note in out.get("notes", []):
-        print(f"note: {note}")
+    if "threads" in todo and device.type == "cpu":
+        log(f"{size}: threads")
+        row["threads"] = thread_counts(seg, rounds, device)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,25 +199,34 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--sizes", default="128,256")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds per experiment")
     ap.add_argument("--volume-slices", type=int, default=16, help="slices for the batch-size sweep (0 skips)")
-    ap.add_argument(
-        "--experiments",
-        default="autograd,layout,consensus,denoiser,chunk,autocast,threads,compile",
-        help="comma-separated subset of autograd,layout,consensus,denoiser,chunk,autocast,threads,compile "
-        "(compile: about a minute)",
-    )
+    ap.add_argument("--experiments", default=",".join(EXPERIMENTS), help=f"a subset of {','.join(EXPERIMENTS)}")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", metavar="OUT", default=None)
     args = ap.parse_args(argv)
+    todo = set(args.experiments.split(","))
+    if todo - set(EXPERIMENTS):
+        ap.error(
+            f"unknown experiment(s) {', '.join(sorted(todo - set(EXPERIMENTS)))}; accepted: {', '.join(EXPERIMENTS)}"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = {"command": "python benchmarks/ablate.py " + shlex.join(argv)} | run_experiments(args)
-    print_results(out)
+    device = torch.device(args.device)
+    out: dict = {"command": "python benchmarks/ablate.py " + shlex.join(argv), "machine": machine(device)}
+    raw, kind, out["input"] = example_slice(2)
+    out |= {"repeats": args.repeats, "experiments": sorted(todo), "sizes": {}, "notes": []}
+    for size in [int(s) for s in args.sizes.split(",")]:
+        out["sizes"][str(size)] = experiments_at(size, raw, kind, todo, args.repeats, device)
+    if args.volume_slices:
+        log("volume batch sizes")
+        out["volume_batch"] = volume_batches(args.volume_slices, max(1, args.repeats // 2), device)
+    finish(out["machine"], out["notes"])
+    for size, row in out["sizes"].items():
+        for name, r in row.items():
+            print(f"{size:>5} {name:<26} " + (f"skipped: {r['skipped']}" if "skipped" in r else f"x{r['speedup']:.2f}"))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        write_json(args.json, out)
     return 0
 
 

@@ -4,252 +4,52 @@
     python benchmarks/load.py --users 4 --duration 30 # the short run (what tests/test_load.py does in CI)
     python benchmarks/load.py --json load.json        # also write the figures as JSON
 
-It starts `app.py` in a subprocess on 127.0.0.1 (a free port; nothing else is contacted), warms it
-up with one request of every kind, then lets N users send real example slices (and a share of bad
-inputs) for a bounded time. It reports and checks:
-
-- every good request answered with a valid mask (PNG of class indices at the input's size,
-  matching the summary), every bad one with its own error message (a gr.Error);
-- zero server errors: no unexpected error reached a client, no traceback other than the app's
-  gr.Error in the server log, the server still answers afterwards;
-- the queue bounds concurrent work: a probe wrapped around the library's sampling loop inside the
-  server counts how many samplings run at once, against the app's concurrency limit;
-- no leak: the server's resident memory (VmRSS) after the run within 20% of after warm-up, and
-  the request files left in its temporary folders;
-- the upload cap: a file one byte over the app's `max_file_size` is refused by the upload route.
-
-Models: requests name the offered models as a public server offers them (custom weights off):
-`brats-demo` for the BraTS slices and `abdomen-ct-demo` for the CT slices when they are bundled;
-without `brats-demo`, a random-init model written to a temp folder and offered through
-MEDCONDDIFF_WEIGHTS (that checks robustness, not segmentation quality). A request naming a model
-the server does not offer is one of the bad inputs. The exit code is 0 only if every check passes.
+It starts the app on 127.0.0.1 (`tests/support/appserver.py`; nothing else is contacted), warms it
+up, then lets N users send the bundled example slices and bad inputs for a bounded time, and checks:
+every good request gets a valid mask and every bad one its own gr.Error; zero server errors (client
+failures, tracebacks other than gr.Error, a server that stops answering); at most the app's
+concurrency limit of threads running the network at once (the server's probe); resident memory after
+the run within 20% of after warm-up; an upload one byte over `max_file_size` refused. Requests name
+the offered models, as a public server offers them (custom weights off): `brats-demo` (else a
+random-init model: robustness, not quality) and `abdomen-ct-demo` when bundled; naming a model the
+server does not offer is a bad input. The exit code is 0 only if every check passes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+import report as render  # noqa: E402
+import torch  # noqa: E402
+from harness import finish, machine, write_json  # noqa: E402
+from support.appserver import AppServer, unexpected_tracebacks  # noqa: E402  (the app launcher lives in test support)
+
+from medconddiff import hub  # noqa: E402
+from medconddiff.config import MedCondDiffConfig  # noqa: E402
+from medconddiff.model import MedCondDiff  # noqa: E402
+
 EXAMPLES = REPO / "assets" / "examples"
 RSS_TOLERANCE = 0.20
 WARM_CONCURRENT_S = 30.0  # all users at once before the baseline (a quarter of a shorter run)
 RSS_SAMPLES = 6  # server RSS readings during the run
-
-
-# -- the server ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process in KiB, from /proc (no psutil needed)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def files_under(*folders: Path) -> list[Path]:
-    return [p for d in folders if d.is_dir() for p in d.rglob("*") if p.is_file()]
-
-
-class AppServer:
-    """`app.py` in its own process group on 127.0.0.1, with its own temp folders; stopped with SIGTERM.
-
-    The server runs `python benchmarks/load.py serve`, which imports app.py, wraps the library's
-    sampling loop with a concurrency probe (writing stats.json), and calls `app.main`.
-    """
-
-    def __init__(self, workdir: Path, *, weights: str | None = None, env: dict[str, str] | None = None) -> None:
-        self.workdir = Path(workdir)
-        self.weights = weights
-        self.extra_env = env or {}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.gradio_tmp = self.workdir / "gradio-tmp"
-        self.tmp = self.workdir / "tmp"
-        self.stats_path = self.workdir / "stats.json"
-        self.log_path = self.workdir / "server.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, *, timeout: float = 240.0) -> AppServer:
-        for d in (self.gradio_tmp, self.tmp):
-            d.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        env.update(
-            GRADIO_TEMP_DIR=str(self.gradio_tmp),
-            GRADIO_EXAMPLES_CACHE=str(self.workdir / "examples-cache"),
-            TMPDIR=str(self.tmp),  # the app's own scratch folder lives under tempfile.gettempdir()
-            GRADIO_ANALYTICS_ENABLED="False",
-            HF_HUB_OFFLINE="1",
-            HF_HUB_DISABLE_TELEMETRY="1",
-            MPLBACKEND="Agg",
-            NO_PROXY="127.0.0.1,localhost",
-            MEDCONDDIFF_LOAD_STATS=str(self.stats_path),
-            PYTHONUNBUFFERED="1",
-        )
-        if self.weights:
-            env["MEDCONDDIFF_WEIGHTS"] = self.weights
-        env.update(self.extra_env)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "serve", "--port", str(self.port)]
-        cmd += ["--parent-pid", str(os.getpid())]
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the app exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "config", timeout=5) as r:
-                    if r.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"the app did not answer within {timeout:.0f} s:\n{self.log()[-3000:]}")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def rss_kib(self) -> int:
-        return rss_kib(self.pid)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stats(self) -> dict:
-        try:
-            return json.loads(self.stats_path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def temp_files(self) -> list[Path]:
-        return files_under(self.gradio_tmp, self.tmp)
-
-    def temp_files_by_kind(self) -> dict[str, int]:
-        """What is left in the temp folders: Gradio's upload/output cache, stray empty files, the app's scratch."""
-        out: Counter = Counter()
-        for p in self.temp_files():
-            if p.is_relative_to(self.tmp):
-                out["app scratch: " + "/".join(p.relative_to(self.tmp).parts[1:-1] or ["."])] += 1
-            elif p.parent == self.gradio_tmp and p.stat().st_size == 0:
-                out["gradio: stray empty files"] += 1
-            else:
-                out["gradio: cached uploads and outputs"] += 1
-        return dict(out)
-
-    def stop(self, *, timeout: float = 20.0) -> int | None:
-        """SIGTERM to the server's process group (background servers ignore SIGINT), SIGKILL if it lingers."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-            except ProcessLookupError:
-                pass
-        self._log.close()
-        return self.proc.returncode
-
-    def __enter__(self) -> AppServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def unexpected_tracebacks(log: str) -> list[str]:
-    """Traceback blocks in the server log whose exception is not the app's own gr.Error."""
-    out = []
-    for block in re.split(r"(?m)^(?=Traceback \(most recent call last\):)", log):
-        if not block.startswith("Traceback"):
-            continue
-        lines = [line for line in block.splitlines() if line and not line.startswith((" ", "\t", "Traceback"))]
-        last = lines[0] if lines else block.splitlines()[-1]
-        if not last.startswith("gradio.exceptions.Error"):
-            out.append(last[:300])
-    return out
-
-
-def serve(port: int, parent_pid: int | None) -> None:
-    """Server side: app.py with a probe counting concurrent samplings, then `app.main`."""
-    sys.path.insert(0, str(REPO))
-    if parent_pid:  # never outlive the test or script that started us
-
-        def watch() -> None:
-            while True:
-                time.sleep(1.0)
-                try:
-                    os.kill(parent_pid, 0)
-                except ProcessLookupError:
-                    os._exit(3)
-
-        threading.Thread(target=watch, daemon=True).start()
-    import app
-
-    stats_path = Path(os.environ["MEDCONDDIFF_LOAD_STATS"])
-    lock = threading.Lock()
-    stats = {"active": 0, "max_active": 0, "samplings": 0, "concurrency_limit": app.CONCURRENCY}
-    original = app.iter_segment_slices
-
-    def dump() -> None:
-        tmp = stats_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stats))
-        tmp.replace(stats_path)
-
-    def counted(*args, **kwargs):
-        with lock:
-            stats["active"] += 1
-            stats["samplings"] += 1
-            stats["max_active"] = max(stats["max_active"], stats["active"])
-            dump()
-        try:
-            yield from original(*args, **kwargs)
-        finally:
-            with lock:
-                stats["active"] -= 1
-                dump()
-
-    app.iter_segment_slices = counted
-    with lock:
-        dump()
-    app.main(["--host", "127.0.0.1", "--port", str(port)])
 
 
 # -- the requests --------------------------------------------------------------------------------
@@ -272,8 +72,6 @@ class Request:
 
 
 def _png_shape(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
     with Image.open(path) as img:
         return img.size[1], img.size[0]
 
@@ -285,9 +83,6 @@ def build_requests(folder: Path, *, steps: int, model: str = "", ct_model: str |
     weights' name) the CT example slices go to that model too.
     """
     import gzip
-
-    import numpy as np
-    from PIL import Image
 
     good = []
     for flair in sorted(EXAMPLES.glob("brats_*_z*_flair.png")):
@@ -365,7 +160,7 @@ class Report:
     server_exit_code: int | None = None  # after SIGTERM
     concurrency_limit: int | None = None
     max_concurrent_samplings: int | None = None
-    samplings: int | None = None
+    network_calls: int | None = None  # top-level module calls the probe saw
     max_file_size: str | int | None = None
     oversized_upload_status: int | None = None
     rss_warm_mib: float = 0.0
@@ -413,9 +208,6 @@ def _check_answer(req: Request, result, error: BaseException | None) -> tuple[bo
         shape = _png_shape(Path(mask))
         if shape != req.shape or list(summary.get("shape", [])) != list(req.shape):
             return False, f"mask shape {shape} / summary {summary.get('shape')} != {req.shape}"
-        import numpy as np
-        from PIL import Image
-
         labels = np.asarray(Image.open(mask))
         k = len(summary["classes"])
         if labels.max() >= k or np.bincount(labels.ravel(), minlength=k).tolist() != summary["areas"]:
@@ -434,15 +226,8 @@ def send(client, req: Request, *, timeout: float) -> Outcome:
     started = time.perf_counter()
     result, error = None, None
     try:
-        job = client.submit(
-            [handle_file(str(p)) for p in req.files],
-            req.model,
-            req.steps,
-            req.ensemble,
-            req.consensus,
-            0,
-            api_name="/segment",
-        )
+        files = [handle_file(str(p)) for p in req.files]
+        job = client.submit(files, req.model, req.steps, req.ensemble, req.consensus, 0, api_name="/segment")
         result = job.result(timeout=timeout)
     except Exception as err:  # every failure is recorded and judged, none stops a user
         error = err
@@ -572,7 +357,7 @@ def run_load(
         stats = server.stats()
         report.concurrency_limit = stats.get("concurrency_limit")
         report.max_concurrent_samplings = stats.get("max_active")
-        report.samplings = stats.get("samplings")
+        report.network_calls = stats.get("network_calls")
     finally:
         report.server_exit_code = server.stop()
         report.server_tracebacks = unexpected_tracebacks(server.log())
@@ -594,107 +379,30 @@ def run_load(
 
 
 def bundled_ct_model() -> str | None:
-    sys.path.insert(0, str(REPO))
-    from medconddiff import hub
-
     return "abdomen-ct-demo" if "abdomen-ct-demo" in hub.bundled_models() else None
 
 
 def default_weights(workdir: Path) -> str:
     """The bundled BraTS demo weights, else a random-init 2-channel model (robustness only, not quality)."""
-    sys.path.insert(0, str(REPO))
-    from medconddiff import hub
-
     if "brats-demo" in hub.bundled_models():
         return "brats-demo"
-    import torch
-
-    from medconddiff.config import MedCondDiffConfig
-    from medconddiff.model import MedCondDiff
-
     torch.manual_seed(0)
-    folder = workdir / "random-init-weights"
-    return str(hub.save_model(MedCondDiff(MedCondDiffConfig(image_size=64)).eval(), folder))
+    model = MedCondDiff(MedCondDiffConfig(image_size=64)).eval()
+    return str(hub.save_model(model, workdir / "random-init-weights"))
 
 
-def _bench():
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bench
-
-    return bench
-
-
-def machine_record(loadavg_at_start: list[float], busy_at_start: float | None) -> tuple[dict, list[str]]:
-    """bench.py's machine record (CPU, cores, torch, threads, load average) and its busy-machine note, if any."""
-    bench = _bench()
-    import torch
-
-    info = bench.machine(torch.device("cpu"))
-    info["loadavg_at_end"] = info.pop("loadavg_at_start", None)  # bench.machine reads it now: after the run
-    info["loadavg_at_start"] = loadavg_at_start
-    info["other_busy_cores_at_start"] = busy_at_start
-    note = bench.busy_note(info)
-    return info, [note] if note else []
-
-
-def to_json(report: Report, *, command: str, loadavg_at_start: list[float], busy_at_start: float | None = None) -> dict:
-    """The figures as `report.py` reads them: the command, the machine, the report, the checks."""
-    info, notes = machine_record(loadavg_at_start, busy_at_start)
+def to_json(report: Report, *, command: str, info: dict | None = None) -> dict:
+    """The figures as `report.py` reads them: the command, the machine (`harness.machine`), the report, the checks."""
+    notes: list[str] = []
+    if info is not None:
+        finish(info, notes)
     data = {"command": command, "machine": info, "notes": notes}
     data |= {**asdict(report), "server_errors": report.server_errors, "checks": report.checks()}
-    data["passed"] = report.passed
-    return data
-
-
-def format_report(r: Report) -> str:
-    rows = [
-        ("users x duration", f"{r.users} x {r.duration_s:.0f} s"),
-        ("models (custom weights off)", ", ".join(r.models) or r.weights),
-        ("steps per good request", str(r.steps)),
-        (
-            "requests answered",
-            f"{r.requests} ({r.throughput_per_min} / min; p50 {r.latency_p50_s} s, p95 {r.latency_p95_s} s)",
-        ),
-        ("good requests: valid mask", f"{r.good_ok} / {r.good_sent}"),
-        ("bad requests: their error", f"{r.bad_ok} / {r.bad_sent}"),
-        (
-            "server errors",
-            f"{r.server_errors} (client-side failures {len(r.failures)}, "
-            f"server tracebacks {len(r.server_tracebacks)}, alive after: {r.server_alive_after})",
-        ),
-        (
-            "concurrent samplings (max / limit)",
-            f"{r.max_concurrent_samplings} / {r.concurrency_limit} ({r.samplings} samplings)",
-        ),
-        (
-            "RSS after warm-up -> after run",
-            f"{r.rss_warm_mib:.0f} MiB -> {r.rss_end_mib:.0f} MiB ({100 * r.rss_change:+.1f} %)",
-        ),
-        (
-            "RSS during the run",
-            " -> ".join(f"{v}" for v in r.rss_samples_mib) + " MiB" if r.rss_samples_mib else "not sampled",
-        ),
-        ("warm-up", f"each request once, then {r.users} users for {r.warm_concurrent_s:.0f} s"),
-        (
-            "files in the server's temp folders (warm-up -> end)",
-            f"{r.temp_files_warm} -> {r.temp_files_end}: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(r.temp_files_end_by_kind.items())),
-        ),
-        ("upload over max_file_size", f"{r.max_file_size}: HTTP {r.oversized_upload_status}"),
-    ]
-    lines = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
-    lines += ["", *[f"- [{'x' if ok else ' '}] {name}" for name, ok in r.checks().items()]]
-    if r.failures or r.server_tracebacks:
-        lines += ["", "failures:", *[f"  {f}" for f in (r.failures + r.server_tracebacks)[:20]]]
-    return "\n".join(lines)
+    return data | {"passed": report.passed}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="command")
-    srv = sub.add_parser("serve", help="(internal) run app.py with the concurrency probe")
-    srv.add_argument("--port", type=int, required=True)
-    srv.add_argument("--parent-pid", type=int, default=None)
     ap.add_argument("--users", type=int, default=8, help="concurrent gradio_client users (default 8)")
     ap.add_argument("--duration", type=float, default=180.0, help="seconds of load after warm-up (default 180)")
     ap.add_argument("--steps", type=int, default=4, help="sampling steps per good request (default 4)")
@@ -703,11 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work folder (server log, downloads)")
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
-    if args.command == "serve":
-        serve(args.port, args.parent_pid)
-        return 0
-    loadavg_at_start = [round(x, 2) for x in os.getloadavg()]
-    busy_at_start = _bench().other_busy_cores()
+    info = machine(torch.device("cpu"))  # the load average and busy cores at the start
     workdir = Path(tempfile.mkdtemp(prefix="medconddiff-load-"))
     try:
         report = run_load(
@@ -718,16 +422,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"work folder kept: {workdir}")
-    print(format_report(report))
+    data = to_json(report, command="python benchmarks/load.py " + shlex.join(argv), info=info)
+    print("\n".join(render.load_section(data)))
     if args.json:
-        data = to_json(
-            report,
-            command="python benchmarks/load.py " + shlex.join(argv),
-            loadavg_at_start=loadavg_at_start,
-            busy_at_start=busy_at_start,
-        )
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+        write_json(args.json, data)
     return 0 if report.passed else 1
 
 

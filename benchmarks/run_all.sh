@@ -14,6 +14,6 @@ python benchmarks/bench.py --device "$device" --weights brats-demo --json "$out/
 python benchmarks/ablate.py --device "$device" --json "$out/ablate.json"
 status=0
 python benchmarks/load.py --json "$out/load.json" || status=$?  # 1 = a check failed: still reported
-python benchmarks/report.py "$out/bench.json" "$out/ablate.json" "$out/load.json" > benchmarks/RESULTS.md
-echo "wrote benchmarks/RESULTS.md (from $out/*.json)"
+python benchmarks/report.py --update benchmarks/RESULTS.md "$out/bench.json" "$out/ablate.json" "$out/load.json"
+echo "updated the tables in benchmarks/RESULTS.md (from $out/*.json)"
 exit "$status"

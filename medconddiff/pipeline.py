@@ -20,7 +20,6 @@ from .consensus import CONSENSUS, fuse
 from .errors import SettingsError
 from .sampler import MAX_ENSEMBLE, MAX_STEPS, StepRecord, sample_loop, trajectory_buffer
 
-TRAJECTORY_CLASSES_INNERMOST = True  # the CPU trajectory buffer's layout (benchmarks/ablate.py times both)
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit value; larger ones overflow inside torch
 
 
@@ -143,9 +142,7 @@ def new_trajectory(config, settings: SamplingSettings, images: int, device: torc
     if device.type != "cpu":
         return None
     rows = settings.ensemble * images
-    return trajectory_buffer(
-        settings.steps, rows, config.num_classes, config.image_size, classes_innermost=TRAJECTORY_CLASSES_INNERMOST
-    )
+    return trajectory_buffer(settings.steps, rows, config.num_classes, config.image_size)
 
 
 def collect_trajectory(records: list[StepRecord], out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,6 +214,7 @@ def iter_segment_slices(
     keep_trajectory: bool = False,
     channels_last: bool | None = None,
     precision: str = "fp32",
+    backbone_every_step: bool = False,
 ) -> Iterator[StepRecord | list[Result]]:
     """Segment raw slices [(C, H, W), ...] (as read; `kind` "nifti" or "image") as one batch.
 
@@ -225,6 +223,8 @@ def iter_segment_slices(
     streaming), then the list of `Result`s, one per slice. Pure-background slices skip the model.
     `channels_last`: None picks the faster layout for the device (`use_channels_last`).
     `precision`: "fp32" (default), or "bf16" / "fp16" autocast for the network (opt-in).
+    `backbone_every_step`: re-run the backbone at every step (the authors' structure; the same
+    masks, slower), for benchmarks/bench.py to time against this design.
     """
     config = model.config
     device = next(model.parameters()).device
@@ -255,6 +255,7 @@ def iter_segment_slices(
                 channels_last=channels_last,
                 autocast_dtype=dtype,
                 out=out,
+                reencode=(lambda: encode(model, batch, precision=precision)) if backbone_every_step else None,
             ):
                 rec = replace(
                     rec,

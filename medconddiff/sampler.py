@@ -10,7 +10,7 @@ the previous step's 2 * softmax(logits) - 1 as input (zeros at the first step).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -125,17 +125,12 @@ def denoiser_chunk(model, cond: torch.Tensor) -> int:
     return max(1, CPU_CHUNK_ELEMENTS // max(1, per_row))
 
 
-def trajectory_buffer(
-    steps: int, rows: int, num_classes: int, size: int, device=None, *, classes_innermost: bool = True
-) -> torch.Tensor:
+def trajectory_buffer(steps: int, rows: int, num_classes: int, size: int, device=None) -> torch.Tensor:
     """An empty (S, rows, K, size, size) float32 trajectory for `sample_loop(out=...)`.
 
-    With K innermost in memory (the default) the loop's channels-last logits are copied in
-    as they are; contiguous, the consensus reads it faster. End to end the two tie
-    (benchmarks/RESULTS.md, "trajectory buffer").
+    Laid out with K innermost in memory, so the loop's channels-last logits are copied in as
+    they are (a contiguous buffer measured a tie end to end; benchmarks/RESULTS.md).
     """
-    if not classes_innermost:
-        return torch.empty((steps, rows, num_classes, size, size), device=device)
     return torch.empty((steps, rows, size, size, num_classes), device=device).movedim(-1, 2)
 
 
@@ -152,6 +147,7 @@ def sample_loop(
     autocast_dtype: torch.dtype | None = None,
     chunk: int | None = None,
     out: torch.Tensor | None = None,
+    reencode: Callable[[], torch.Tensor] | None = None,
 ) -> Iterator[StepRecord]:
     """Run S denoising steps for B images x E members as one batch, yielding a record per step.
 
@@ -167,6 +163,10 @@ def sample_loop(
     its denoiser call, while its maps are still in cache; the noise is drawn for all rows at
     once, so the masks do not depend on the chunking. `out` (from `trajectory_buffer`, S x E*B
     rows) receives every step's logits, and the records' logits are views into it.
+
+    `reencode` (for benchmarks) is the authors' structure: called before every step after the
+    first, it returns fresh image features in place of `cond` (same shape), i.e. the backbone
+    runs at every step. Returning what `cond` holds, it leaves the masks unchanged.
     """
     if not 1 <= int(ensemble) <= MAX_ENSEMBLE:
         raise SettingsError(f"ensemble must be between 1 and {MAX_ENSEMBLE}, got {ensemble}")
@@ -188,6 +188,8 @@ def sample_loop(
     x0_prev = torch.zeros_like(x_t) if model.config.self_condition else None
     amp = torch.autocast(cond.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     for i, t in enumerate(scheduler.timesteps):
+        if reencode is not None and i > 0:  # (E*B, dw, h, w) recomputed: the step this design hoists out
+            cond_e = reencode().repeat(ensemble, *([1] * (cond.dim() - 1))).contiguous(memory_format=layout)
         x_t = x_t.contiguous(memory_format=layout)  # a no-op unless the update changed the layout
         t_batch = torch.full((rows,), float(t), device=cond.device)
         noise = None

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+if str(BENCHMARKS) not in sys.path:  # the scripts import their shared `harness` as a top-level module
+    sys.path.insert(0, str(BENCHMARKS))
 
 
 def benchmark_script(name: str):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from badinputs import NUM_CLASSES, Kind, kinds
 from PIL import Image
-from scripts import benchmark_script
+from support.appserver import AppServer, unexpected_tracebacks
 
 from medconddiff.errors import MedCondDiffError
 from medconddiff.hub import load_folder, resolve
@@ -188,15 +188,12 @@ def test_corpus_covers_the_issue():
 # -- the app: the same corpus through the public `segment` API --------------------------------------
 
 
-load = benchmark_script("load")  # benchmarks/load.py: the app server helper
-
-
 @pytest.fixture(scope="module")
 def app_client(tmp_path_factory, tiny_weights):
     """A gradio_client Client of `python app.py` on 127.0.0.1 serving the tiny weights (stopped with SIGTERM)."""
     from gradio_client import Client
 
-    server = load.AppServer(tmp_path_factory.mktemp("app"), weights=str(tiny_weights)).start()
+    server = AppServer(tmp_path_factory.mktemp("app"), weights=str(tiny_weights)).start()
     downloads = tmp_path_factory.mktemp("downloads")
     try:
         yield Client(server.url, verbose=False, download_files=str(downloads)), server
@@ -227,4 +224,4 @@ def test_app(kind: Kind, tmp_path, tiny_weights, app_client):
             assert fragment in str(info.value), f"{fragment!r} not in {info.value}"
     assert server.alive()
     new_log = server.log()[log_start:]
-    assert load.unexpected_tracebacks(new_log) == [], "the server logged an error other than a gr.Error"
+    assert unexpected_tracebacks(new_log) == [], "the server logged an error other than a gr.Error"

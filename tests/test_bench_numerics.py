@@ -15,7 +15,7 @@ import torch
 
 from medconddiff import pipeline
 from medconddiff.errors import SettingsError
-from medconddiff.pipeline import SamplingSettings, encode, segment_image, use_channels_last
+from medconddiff.pipeline import SamplingSettings, encode, iter_segment_slices, segment_image, use_channels_last
 from medconddiff.sampler import sample_loop
 
 
@@ -97,3 +97,22 @@ def test_trajectory_is_stacked_with_classes_innermost_and_fuses_the_same(tiny_mo
             np.testing.assert_array_equal(fast.labels, plain.labels)
             np.testing.assert_allclose(fast.probs, plain.probs, atol=1e-6)
             np.testing.assert_allclose(fast.agreement, plain.agreement)
+
+
+@pytest.mark.parametrize("ensemble", [1, 2])
+def test_backbone_every_step_runs_the_backbone_each_step_and_gives_the_same_masks(tiny_model, ensemble):
+    """The benchmark's 'authors' structure' arm: S backbone passes instead of one, identical masks."""
+    settings = SamplingSettings(steps=3, ensemble=ensemble)
+    calls = []
+    handle = tiny_model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        ours = segment_image(tiny_model, _slice(), settings, kind="nifti")
+        once = len(calls)
+        *_, (theirs,) = iter_segment_slices(
+            tiny_model, [_slice()], settings, kind="nifti", keep_trajectory=True, backbone_every_step=True
+        )
+    finally:
+        handle.remove()
+    assert once == 1 and len(calls) - once == settings.steps
+    np.testing.assert_array_equal(ours.labels, theirs.labels)
+    torch.testing.assert_close(ours.trajectory.logits, theirs.trajectory.logits, rtol=0, atol=1e-5)

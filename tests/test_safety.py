@@ -1,6 +1,6 @@
 """Safety: the app serves only its own files, weights never come from a pickle, requests leave no files behind.
 
-The app runs in a subprocess on 127.0.0.1 (benchmarks/load.py's AppServer), with its own temp
+The app runs in a subprocess on 127.0.0.1 (tests/support/appserver.py), with its own temp
 folders. Paths are sent with http.client, byte for byte: an HTTP library that normalises
 `../` before sending would make the traversal tests pass without testing anything.
 """
@@ -18,15 +18,12 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from scripts import benchmark_script
+from support.appserver import AppServer
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets" / "examples"
 EXAMPLE = EXAMPLES / "brats_pat0003_z080_flair.png"
 PAIR = [EXAMPLE, EXAMPLES / "brats_pat0003_z080_t1c.png"]
-
-
-load = benchmark_script("load")
 
 
 class Secrets:
@@ -78,7 +75,7 @@ def server(tmp_path_factory, tiny_weights):
         pytest.skip("no bundled example slices")
     # custom weights off, as on a public server: only the offered models (here the tiny weights) load
     env = {"MEDCONDDIFF_CUSTOM_WEIGHTS": "off"}
-    s = load.AppServer(tmp_path_factory.mktemp("app"), weights=str(tiny_weights), env=env).start()
+    s = AppServer(tmp_path_factory.mktemp("app"), weights=str(tiny_weights), env=env).start()
     yield s
     s.stop()
 

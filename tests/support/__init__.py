@@ -1,0 +1,1 @@
+"""Helpers the tests share (and `benchmarks/load.py` uses): the app launcher."""
