@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from medconddiff import io
 from medconddiff.config import MedCondDiffConfig
+from medconddiff.pipeline import prepare_slice
 
 
 @dataclass
@@ -107,25 +108,22 @@ class SliceSet:
 
 
 def build_slices(cases: list[Case], data: DataSettings, config: MedCondDiffConfig, *, part: str = "all") -> SliceSet:
-    """Every non-empty slice of every case, normalised and put on the model grid by the library.
+    """Every non-empty slice of every case, prepared for the model by the library (`pipeline.prepare_slice`).
 
     `part` selects slices of a single case by block: "val" = slices in `val_range`, "train" = the others.
     """
     imgs, labs = [], []
-    bg = io.background_value(config)
     for case in cases:
         scan, labels = read_case(case, data)
         held_out = set(range(*data.val_range)) if data.val_range else set()
         for k in range(scan.data.shape[-1]):
             if (part == "val" and k not in held_out) or (part == "train" and k in held_out):
                 continue
-            raw = scan.data[..., k]
-            img = io.normalise(raw, config, kind="nifti")
-            if not (np.abs(img - bg) > 1e-6).any():
+            prepared = prepare_slice(scan.data[..., k], config, kind="nifti")  # as the pipeline prepares it
+            if prepared.image is None:
                 continue  # outside the head/body: nothing to learn
-            geom = io.plan_geometry(img, config)
-            imgs.append(io.to_model_grid(img, geom, background=bg).half())
-            labs.append(io.labels_to_model_grid(labels[..., k], geom).to(torch.uint8))
+            imgs.append(prepared.image.half())
+            labs.append(io.labels_to_model_grid(labels[..., k], prepared.geometry).to(torch.uint8))
     if not imgs:
         size, c = config.image_size, config.image_channels
         return SliceSet(
