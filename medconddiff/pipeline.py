@@ -11,6 +11,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -520,3 +521,55 @@ def load_case(paths: list, config) -> io.Scan:
             f"got {scan.data.shape[0]} from {len(paths)} file(s). Give one file per modality, in that order."
         )
     return scan
+
+
+@dataclass
+class Case:
+    """One case read for segmenting one slice: what the app shows and what a notebook needs."""
+
+    scan: io.Scan
+    image: np.ndarray  # (C, H, W) the slice to segment, as read
+    z: int | None  # its index along Z, for volumes
+    truth: np.ndarray | None  # (H, W) ground-truth labels of that slice, if a label file was given
+    paths: list[str]  # the files, in the model's channel order
+
+    def summary(self, channel_names: list[str]) -> str:
+        """One line: kind, shape, the slice shown, which file is which channel, whether truth is drawn."""
+        shape = "x".join(map(str, self.scan.data.shape[1:]))
+        names = ", ".join(f"{n}: `{Path(p).name}`" for n, p in zip(channel_names, self.paths, strict=False))
+        where = f" · slice {self.z} of 0..{self.scan.data.shape[-1] - 1}" if self.z is not None else ""
+        truth = " · ground truth drawn" if self.truth is not None else ""
+        return f"{self.scan.kind.upper()} {shape}{where} · {names}{truth}"
+
+    @property
+    def slice_affine(self) -> np.ndarray | None:
+        """The (4, 4) affine of the slice as a one-slice NIfTI volume (None for 2D images)."""
+        return None if self.scan.affine is None or self.z is None else io.slice_affine(self.scan.affine, self.z)
+
+
+def read_case(
+    paths: list[str],
+    config: MedCondDiffConfig,
+    *,
+    slice_index: int | None = None,
+    truth: str | None = None,
+    scan: io.Scan | None = None,
+) -> Case:
+    """The files of one case (in the model's channel order) -> the slice to segment, with its ground truth.
+
+    `slice_index` None or < 0 is the middle slice of a volume. `scan`: the files already read
+    (a caller's cache), else they are read here with `load_case`.
+    """
+    scan = load_case(paths, config) if scan is None else scan
+    z, image = None, scan.data
+    if scan.is_volume:
+        depth = scan.data.shape[-1]
+        z = depth // 2 if slice_index is None or int(slice_index) < 0 else int(slice_index)
+        if not 0 <= z < depth:
+            raise io.InputError(f"slice {z} is outside the volume (0..{depth - 1})")
+        image = scan.data[..., z]
+    labels = None
+    if truth:
+        labels = io.read_labels(truth, shape=scan.data.shape[1:], num_classes=config.num_classes)
+        labels = labels[..., z] if z is not None else labels
+    return Case(scan=scan, image=image, z=z, truth=labels, paths=list(map(str, paths)))
