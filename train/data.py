@@ -79,15 +79,18 @@ def remap(labels: np.ndarray, label_map: dict[str, int] | None) -> np.ndarray:
     return lut[labels]
 
 
+def read_labels(case: Case, data: DataSettings) -> np.ndarray | None:
+    """A case's label volume (X, Y, Z), remapped to class indices; None for an unlabelled case."""
+    if case.labels is None:
+        return None
+    import nibabel as nib
+
+    return remap(np.asarray(nib.load(str(case.labels)).dataobj), data.label_map)
+
+
 def read_case(case: Case, data: DataSettings) -> tuple[io.Scan, np.ndarray | None]:
     """Raw scan (C, X, Y, Z) and remapped labels (X, Y, Z)."""
-    scan = io.read_nifti(case.images)
-    labels = None
-    if case.labels is not None:
-        import nibabel as nib
-
-        labels = remap(np.asarray(nib.load(str(case.labels)).dataobj), data.label_map)
-    return scan, labels
+    return io.read_nifti(case.images), read_labels(case, data)
 
 
 def split_cases(cases: list[Case], data: DataSettings) -> tuple[list[Case], list[Case]]:
