@@ -136,17 +136,6 @@ def test_select_example_sets_files_truth_and_a_fitting_model(app, brats):
     assert _get(dropdown, "value") == brats and custom == ""
 
 
-def test_match_channels_matches_modalities_by_name():
-    from medconddiff.io import match_channels
-
-    assert match_channels(["/u/b_T1c.nii.gz", "/u/a_flair.nii.gz"], ["FLAIR", "T1c"]) == [
-        "/u/a_flair.nii.gz",
-        "/u/b_T1c.nii.gz",
-    ]
-    assert match_channels(["/u/x_t1.png", "/u/x_t1c.png"], ["T1", "T1c"]) == ["/u/x_t1.png", "/u/x_t1c.png"]
-    assert match_channels(["/u/one.png", "/u/two.png"], ["FLAIR", "T1c"]) == ["/u/one.png", "/u/two.png"]
-
-
 # -- launching --------------------------------------------------------------------------------------
 
 
