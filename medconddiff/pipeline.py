@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -226,8 +226,9 @@ def prepare_slice(raw: np.ndarray, config: MedCondDiffConfig, *, kind: str, ct_w
 
     Normalises it (`io.normalise`), tests whether anything differs from empty space, plans the
     crop/pad/resize (`io.plan_geometry`) and, for a slice with content, resamples it onto the
-    model grid (`io.to_model_grid`). The pipeline, the app, the training data and the validation
-    all prepare slices here, so a slice gets the same statistics and grid wherever it comes from.
+    model grid (`io.to_model_grid`). `iter_segment_slices` (so the app, the CLI and the evaluation)
+    and the training slice cache (`train.data.build_slices`, so training and its validation) prepare
+    slices here: a slice gets the same statistics and grid wherever it comes from.
     """
     normalised = io.normalise(raw, config, kind=kind, ct_window=ct_window)
     geometry = io.plan_geometry(normalised, config)
@@ -288,16 +289,11 @@ def _sample_steps(
             rec = next(loop, None)
             if rec is None:
                 break
-            rec = SliceStep(
-                index=rec.index,
-                num_steps=rec.num_steps,
-                t=rec.t,
-                logsnr=rec.logsnr,
-                x_t=None if rec.x_t is None else rec.x_t.cpu(),
-                logits=rec.logits.cpu(),
-                labels=rec.labels.cpu(),
-                geometries=geometries,
+            on_cpu = {f.name: getattr(rec, f.name) for f in fields(rec)}  # every field the sampler records
+            on_cpu.update(
+                x_t=None if rec.x_t is None else rec.x_t.cpu(), logits=rec.logits.cpu(), labels=rec.labels.cpu()
             )
+            rec = SliceStep(**on_cpu, geometries=geometries)
         records.append(rec)
         yield rec
     with torch.inference_mode():
