@@ -128,21 +128,14 @@ def cmd_segment(args) -> int:
             progress=not args.quiet,
         )
         _write(out, lambda p: io.write_nifti_labels(res.labels, p, affine=scan.affine, header=scan.header))
-        agreement = res.agreement
         if args.uncertainty:
-            import nibabel as nib
-
-            img = nib.Nifti1Image(agreement.astype(np.float32), scan.affine)
-            _write(Path(args.uncertainty), lambda p: nib.save(img, str(p)))
+            _write(Path(args.uncertainty), lambda p: io.write_nifti_map(res.agreement, p, affine=scan.affine))
         labels = res.labels
     else:
         res = segment_image(model, scan.data, settings, kind=scan.kind, ct_window=args.ct_window, keep_trajectory=False)
         _write(out, lambda p: io.write_png_labels(res.labels, p))
         if args.uncertainty:
-            from PIL import Image
-
-            img = Image.fromarray((res.agreement * 255).round().astype(np.uint8))
-            _write(Path(args.uncertainty), lambda p: img.save(str(p)))
+            _write(Path(args.uncertainty), lambda p: io.write_png_map(res.agreement, p))
         labels = res.labels
     counts = np.bincount(labels.ravel(), minlength=model.config.num_classes)
     found = ", ".join(

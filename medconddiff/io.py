@@ -7,6 +7,7 @@ map is (H, W) or (X, Y, Z). Everything read here is float32 and finite, or an `I
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,6 +286,33 @@ def read_labels(path: str | Path, *, shape: tuple[int, ...], num_classes: int) -
     return labels
 
 
+def match_channels(paths: list[str], channel_names: list[str]) -> list[str]:
+    """Files in the model's channel order, matched by file name ('x_flair.png' -> FLAIR), the rest in the given order.
+
+    Longer channel names are matched first, so 't1c' claims 'x_t1c.png' before 't1' can. With as
+    many files as channels the result is a permutation of `paths`.
+    """
+
+    def key(text: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", text.lower())
+
+    left, picked = list(paths), {}
+    for c in sorted(range(len(channel_names)), key=lambda c: -len(channel_names[c])):
+        name = key(channel_names[c])
+        match = next((p for p in left if name and name in key(Path(p).name)), None)
+        if match is not None:
+            picked[c] = match
+            left.remove(match)
+    return [picked[c] if c in picked else left.pop(0) for c in range(len(channel_names)) if c in picked or left]
+
+
+def slice_affine(affine: np.ndarray, z: int) -> np.ndarray:
+    """A volume's (4, 4) voxel -> world affine -> that of its slice z, as a one-slice volume in the same place."""
+    shift = np.eye(4)
+    shift[2, 3] = z
+    return np.asarray(affine, dtype=np.float64) @ shift
+
+
 def write_nifti_labels(labels: np.ndarray, path: str | Path, *, affine: np.ndarray, header=None) -> None:
     """(X, Y, Z) labels -> a uint8 NIfTI on the source grid, keeping the source affine."""
     import nibabel as nib
@@ -300,6 +328,20 @@ def write_png_labels(labels: np.ndarray, path: str | Path) -> None:
     from PIL import Image
 
     Image.fromarray(labels.astype(np.uint8), mode="L").save(str(path))
+
+
+def write_nifti_map(values: np.ndarray, path: str | Path, *, affine: np.ndarray) -> None:
+    """(X, Y, Z) float map (e.g. the agreement of steps and members, in [0, 1]) -> a float32 NIfTI with `affine`."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(values.astype(np.float32), affine), str(path))
+
+
+def write_png_map(values: np.ndarray, path: str | Path) -> None:
+    """(H, W) map in [0, 1] (e.g. the agreement map) -> an 8-bit grey PNG, 0..1 -> 0..255."""
+    from PIL import Image
+
+    Image.fromarray((np.clip(values, 0.0, 1.0) * 255).round().astype(np.uint8), mode="L").save(str(path))
 
 
 # -- normalisation ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Image or volume in -> `Result` out: the one data path used by the app, the CLI and the evaluation.
 
 files --io.read_scan--> Scan --io.normalise--> (C, H, W) or (C, X, Y, Z)
-  --per slice: plan_geometry + to_model_grid--> (B, C, size, size)
+  --per slice: prepare_slice (normalise, content test, plan_geometry, to_model_grid)--> (B, C, size, size)
   --model.encode_image (once)--> cond --sample_loop (S steps x E members)--> trajectory
   --consensus.fuse--> probabilities + uncertainty --from_model_grid--> original grid
 """
@@ -9,16 +9,22 @@ files --io.read_scan--> Scan --io.normalise--> (C, H, W) or (C, X, Y, Z)
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from . import io
-from .consensus import CONSENSUS, fuse
+from .consensus import CONSENSUS, Consensus, fuse
 from .errors import SettingsError
 from .sampler import MAX_ENSEMBLE, MAX_STEPS, StepRecord, sample_loop, trajectory_buffer
+
+if TYPE_CHECKING:
+    from .config import MedCondDiffConfig
+    from .model import MedCondDiff
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit value; larger ones overflow inside torch
 
@@ -203,8 +209,105 @@ def _empty_result(geometry: io.Geometry, k: int, method: str) -> Result:
     )
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One raw slice made ready for the model: the single place a slice is normalised and put on the grid."""
+
+    image: torch.Tensor | None  # (C, size, size) on the model grid; None when the slice holds only background
+    geometry: io.Geometry  # how the model grid maps back onto the slice's own (H, W) grid
+    normalised: np.ndarray  # (C, H, W) in the model's input range, on the slice's own grid
+
+
+def prepare_slice(raw: np.ndarray, config: MedCondDiffConfig, *, kind: str, ct_window: str | None = None) -> Prepared:
+    """A raw (C, H, W) slice as read (`kind` "nifti" or "image") -> `Prepared`.
+
+    Normalises it (`io.normalise`), tests whether anything differs from empty space, plans the
+    crop/pad/resize (`io.plan_geometry`) and, for a slice with content, resamples it onto the
+    model grid (`io.to_model_grid`). `iter_segment_slices` (so the app, the CLI and the evaluation)
+    and the training slice cache (`train.data.build_slices`, so training and its validation) prepare
+    slices here: a slice gets the same statistics and grid wherever it comes from.
+    """
+    normalised = io.normalise(raw, config, kind=kind, ct_window=ct_window)
+    geometry = io.plan_geometry(normalised, config)
+    bg = io.background_value(config)
+    has_content = bool((np.abs(normalised - bg) > 1e-6).any())
+    image = io.to_model_grid(normalised, geometry, background=bg) if has_content else None
+    return Prepared(image=image, geometry=geometry, normalised=normalised)
+
+
+@dataclass
+class SliceStep(StepRecord):
+    """A sampling step of a batch of slices, moved to the CPU, with each slice's geometry.
+
+    `geometries[j]` brings row j of `logits` / `x_t` (the j-th slice with content) back to that
+    slice's own grid (`io.from_model_grid`, `viz.step_probs`): no caller plans geometry again.
+    """
+
+    geometries: tuple[io.Geometry, ...] = ()
+
+
+def _sample_steps(
+    model: MedCondDiff,
+    batch: torch.Tensor,
+    settings: SamplingSettings,
+    *,
+    generator: torch.Generator,
+    keep_x_t: bool,
+    channels_last: bool | None,
+    precision: str,
+    geometries: tuple[io.Geometry, ...] = (),
+    backbone_every_step: bool = False,
+) -> Generator[SliceStep, None, Trajectory]:
+    """(B, C, size, size) model-grid images -> a CPU `SliceStep` per step; returns the whole `Trajectory`.
+
+    The trajectory's maps keep the batch axis: logits (S, E, B, K, size, size). Each step runs
+    under `torch.inference_mode()`, entered and left around that step alone, so the consumer may
+    resume this generator on any thread and no grad-mode context stays open across a `yield`.
+    """
+    config = model.config
+    device = batch.device
+    with torch.inference_mode():
+        cond = encode(model, batch, precision=precision)  # (B, denoiser_width, size/4, size/4): once for every step
+        out = new_trajectory(config, settings, batch.shape[0], device)
+    loop = sample_loop(
+        model,
+        cond,
+        steps=settings.steps,
+        ensemble=settings.ensemble,
+        sampler=settings.sampler,
+        generator=generator,
+        keep_x_t=keep_x_t,
+        channels_last=use_channels_last(device, channels_last),
+        autocast_dtype=autocast_dtype(precision),
+        out=out,
+        reencode=(lambda: encode(model, batch, precision=precision)) if backbone_every_step else None,
+    )
+    records = []
+    while True:
+        with torch.inference_mode():  # this step only: the next one may run on another thread
+            rec = next(loop, None)
+            if rec is None:
+                break
+            on_cpu = {f.name: getattr(rec, f.name) for f in fields(rec)}  # every field the sampler records
+            on_cpu.update(
+                x_t=None if rec.x_t is None else rec.x_t.cpu(), logits=rec.logits.cpu(), labels=rec.labels.cpu()
+            )
+            rec = SliceStep(**on_cpu, geometries=geometries)
+        records.append(rec)
+        yield rec
+    with torch.inference_mode():
+        logits, labels = collect_trajectory(records, out)
+        return Trajectory(
+            t=np.array([r.t for r in records]),
+            logsnr=np.array([r.logsnr for r in records]),
+            logits=logits,
+            x_t=torch.stack([r.x_t for r in records]) if keep_x_t else None,
+            labels=labels,
+        )
+
+
 def iter_segment_slices(
-    model,
+    model: MedCondDiff,
     slices: list[np.ndarray],
     settings: SamplingSettings,
     *,
@@ -215,12 +318,14 @@ def iter_segment_slices(
     channels_last: bool | None = None,
     precision: str = "fp32",
     backbone_every_step: bool = False,
-) -> Iterator[StepRecord | list[Result]]:
+) -> Iterator[SliceStep | list[Result]]:
     """Segment raw slices [(C, H, W), ...] (as read; `kind` "nifti" or "image") as one batch.
 
-    Each slice is normalised on its own (the same statistics for a PNG slice, a NIfTI volume's
-    slice and a training slice). Yields a `StepRecord` after each sampling step (for progress and
-    streaming), then the list of `Result`s, one per slice. Pure-background slices skip the model.
+    Each slice is prepared on its own (`prepare_slice`: the same statistics for a PNG slice, a
+    NIfTI volume's slice and a training slice). Yields a `SliceStep` after each sampling step (for
+    progress and streaming; it carries the slices' geometries), then the list of `Result`s, one per
+    slice. Pure-background slices skip the model. Each step runs under its own
+    `torch.inference_mode()` (see `_sample_steps`): resuming on another thread is safe.
     `channels_last`: None picks the faster layout for the device (`use_channels_last`).
     `precision`: "fp32" (default), or "bf16" / "fp16" autocast for the network (opt-in).
     `backbone_every_step`: re-run the backbone at every step (the authors' structure; the same
@@ -228,75 +333,125 @@ def iter_segment_slices(
     """
     config = model.config
     device = next(model.parameters()).device
-    channels_last = use_channels_last(device, channels_last)
-    dtype = autocast_dtype(precision)
-    bg = io.background_value(config)
-    slices = [io.normalise(s, config, kind=kind, ct_window=ct_window) for s in slices]
-    geoms = [io.plan_geometry(s, config) for s in slices]
-    active = [i for i, s in enumerate(slices) if (np.abs(s - bg) > 1e-6).any()]
+    autocast_dtype(precision)  # an unknown precision fails before any work
+    prepared = [prepare_slice(s, config, kind=kind, ct_window=ct_window) for s in slices]
+    active = [i for i, p in enumerate(prepared) if p.image is not None]
     results: list[Result | None] = [None] * len(slices)
     if generator is None:
         generator = torch.Generator().manual_seed(settings.seed)
     if active:
-        batch = torch.stack([io.to_model_grid(slices[i], geoms[i], background=bg) for i in active]).to(device)
+        batch = torch.stack([prepared[i].image for i in active]).to(device)  # (B, C, size, size)
+        traj = yield from _sample_steps(
+            model,
+            batch,
+            settings,
+            generator=generator,
+            keep_x_t=keep_trajectory,
+            channels_last=channels_last,
+            precision=precision,
+            geometries=tuple(prepared[i].geometry for i in active),
+            backbone_every_step=backbone_every_step,
+        )
         with torch.inference_mode():
-            # (B, denoiser_width, size/4, size/4): computed once, shared by every step and member
-            cond = encode(model, batch, precision=precision)
-            out = new_trajectory(config, settings, len(active), device)
-            records = []
-            for rec in sample_loop(
-                model,
-                cond,
-                steps=settings.steps,
-                ensemble=settings.ensemble,
-                sampler=settings.sampler,
-                generator=generator,
-                keep_x_t=keep_trajectory,
-                channels_last=channels_last,
-                autocast_dtype=dtype,
-                out=out,
-                reencode=(lambda: encode(model, batch, precision=precision)) if backbone_every_step else None,
-            ):
-                rec = replace(
-                    rec,
-                    logits=rec.logits.cpu(),
-                    labels=rec.labels.cpu(),
-                    x_t=None if rec.x_t is None else rec.x_t.cpu(),
+            for j, i in enumerate(active):
+                one = Trajectory(
+                    t=traj.t,
+                    logsnr=traj.logsnr,
+                    logits=traj.logits[:, :, j],
+                    x_t=None if traj.x_t is None else traj.x_t[:, :, j],
+                    labels=traj.labels[:, :, j],
                 )
-                records.append(rec)
-                yield rec
-        t = np.array([r.t for r in records])
-        logsnr = np.array([r.logsnr for r in records])
-        logits, labels = collect_trajectory(records, out)
-        x_t = torch.stack([r.x_t for r in records]) if keep_trajectory else None
-        for j, i in enumerate(active):
-            traj = Trajectory(
-                t=t,
-                logsnr=logsnr,
-                logits=logits[:, :, j],
-                x_t=None if x_t is None else x_t[:, :, j],
-                labels=labels[:, :, j],
-            )
-            res = _finish(traj, geoms[i], settings.consensus)
-            results[i] = res if keep_trajectory else replace(res, trajectory=None)
+                res = _finish(one, prepared[i].geometry, settings.consensus)
+                results[i] = res if keep_trajectory else replace(res, trajectory=None)
     for i in range(len(slices)):
         if results[i] is None:
-            results[i] = _empty_result(geoms[i], config.num_classes, settings.consensus)
+            results[i] = _empty_result(prepared[i].geometry, config.num_classes, settings.consensus)
     yield results
 
 
-def segment_slices(model, slices: list[np.ndarray], settings: SamplingSettings, **kwargs) -> list[Result]:
-    """`iter_segment_slices` run to the end."""
+def segment_model_grid(
+    model: MedCondDiff,
+    images: torch.Tensor,
+    settings: SamplingSettings,
+    *,
+    generator: torch.Generator | None = None,
+    channels_last: bool | None = None,
+    precision: str = "fp32",
+) -> Consensus:
+    """(B, C, size, size) images already on the model grid (e.g. a training `SliceSet`) -> the fused
+    `Consensus` on that grid: labels (B, size, size). The same sampling as `iter_segment_slices`."""
+    if generator is None:
+        generator = torch.Generator().manual_seed(settings.seed)
+    steps = _sample_steps(
+        model,
+        images,
+        settings,
+        generator=generator,
+        keep_x_t=False,
+        channels_last=channels_last,
+        precision=precision,
+    )
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:  # the generator's return value: the whole trajectory
+            traj = done.value
+            break
+    with torch.inference_mode():
+        return fuse(traj.logits, torch.from_numpy(traj.logsnr), method=settings.consensus, votes=traj.labels)
+
+
+def segment_slices(
+    model: MedCondDiff,
+    slices: list[np.ndarray],
+    settings: SamplingSettings,
+    *,
+    kind: str,
+    ct_window: str | None = None,
+    generator: torch.Generator | None = None,
+    keep_trajectory: bool = False,
+    channels_last: bool | None = None,
+    precision: str = "fp32",
+) -> list[Result]:
+    """`iter_segment_slices` run to the end: raw slices [(C, H, W), ...] -> one `Result` each."""
     results = None
-    for item in iter_segment_slices(model, slices, settings, **kwargs):
+    for item in iter_segment_slices(
+        model,
+        slices,
+        settings,
+        kind=kind,
+        ct_window=ct_window,
+        generator=generator,
+        keep_trajectory=keep_trajectory,
+        channels_last=channels_last,
+        precision=precision,
+    ):
         results = item  # the last item is the list of results
     return results
 
 
-def segment_image(model, image: np.ndarray, settings: SamplingSettings, **kwargs) -> Result:
+def segment_image(
+    model: MedCondDiff,
+    image: np.ndarray,
+    settings: SamplingSettings,
+    *,
+    kind: str,
+    ct_window: str | None = None,
+    keep_trajectory: bool = True,
+    channels_last: bool | None = None,
+    precision: str = "fp32",
+) -> Result:
     """One raw (C, H, W) slice -> `Result` (keeps the trajectory unless told otherwise)."""
-    kwargs.setdefault("keep_trajectory", True)
-    return segment_slices(model, [image], settings, **kwargs)[0]
+    return segment_slices(
+        model,
+        [image],
+        settings,
+        kind=kind,
+        ct_window=ct_window,
+        keep_trajectory=keep_trajectory,
+        channels_last=channels_last,
+        precision=precision,
+    )[0]
 
 
 @dataclass
@@ -365,3 +520,55 @@ def load_case(paths: list, config) -> io.Scan:
             f"got {scan.data.shape[0]} from {len(paths)} file(s). Give one file per modality, in that order."
         )
     return scan
+
+
+@dataclass
+class Case:
+    """One case read for segmenting one slice: what the app shows and what a notebook needs."""
+
+    scan: io.Scan
+    image: np.ndarray  # (C, H, W) the slice to segment, as read
+    z: int | None  # its index along Z, for volumes
+    truth: np.ndarray | None  # (H, W) ground-truth labels of that slice, if a label file was given
+    paths: list[str]  # the files, in the model's channel order
+
+    def summary(self, channel_names: list[str]) -> str:
+        """One line: kind, shape, the slice shown, which file is which channel, whether truth is drawn."""
+        shape = "x".join(map(str, self.scan.data.shape[1:]))
+        names = ", ".join(f"{n}: `{Path(p).name}`" for n, p in zip(channel_names, self.paths, strict=False))
+        where = f" · slice {self.z} of 0..{self.scan.data.shape[-1] - 1}" if self.z is not None else ""
+        truth = " · ground truth drawn" if self.truth is not None else ""
+        return f"{self.scan.kind.upper()} {shape}{where} · {names}{truth}"
+
+    @property
+    def slice_affine(self) -> np.ndarray | None:
+        """The (4, 4) affine of the slice as a one-slice NIfTI volume (None for 2D images)."""
+        return None if self.scan.affine is None or self.z is None else io.slice_affine(self.scan.affine, self.z)
+
+
+def read_case(
+    paths: list[str],
+    config: MedCondDiffConfig,
+    *,
+    slice_index: int | None = None,
+    truth: str | None = None,
+    scan: io.Scan | None = None,
+) -> Case:
+    """The files of one case (in the model's channel order) -> the slice to segment, with its ground truth.
+
+    `slice_index` None or < 0 is the middle slice of a volume. `scan`: the files already read
+    (a caller's cache), else they are read here with `load_case`.
+    """
+    scan = load_case(paths, config) if scan is None else scan
+    z, image = None, scan.data
+    if scan.is_volume:
+        depth = scan.data.shape[-1]
+        z = depth // 2 if slice_index is None or int(slice_index) < 0 else int(slice_index)
+        if not 0 <= z < depth:
+            raise io.InputError(f"slice {z} is outside the volume (0..{depth - 1})")
+        image = scan.data[..., z]
+    labels = None
+    if truth:
+        labels = io.read_labels(truth, shape=scan.data.shape[1:], num_classes=config.num_classes)
+        labels = labels[..., z] if z is not None else labels
+    return Case(scan=scan, image=image, z=z, truth=labels, paths=list(map(str, paths)))

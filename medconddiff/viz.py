@@ -249,3 +249,90 @@ def write_gif(frames: list[np.ndarray], path: str | Path, *, frame_ms: int = 400
         str(path), save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=False, disposal=1
     )
     return Path(path)
+
+
+# -- what a sampling run looks like ---------------------------------------------------------
+
+
+class StepPictures:
+    """One sampling step of one slice, drawn on the slice's own grid (array orientation).
+
+    `noisy` the noisy mask x_t, `x0` the predicted clean mask x0-hat over `base`, `change` how far
+    the class probabilities moved since `prev_probs` (all (H, W, 3) uint8); `probs` (K, H, W) and
+    `labels` (H, W) are x0-hat's class probabilities and argmax, for the next step and for plots.
+    """
+
+    def __init__(self, step, base: np.ndarray, *, row: int = 0, prev_probs: np.ndarray | None = None) -> None:
+        geometry = step.geometries[row]  # a pipeline.SliceStep: row j of the batch and its geometry
+        colours = class_colours(step.logits.shape[-3])
+        self.probs = step_probs(step.logits[:, row], geometry)  # (K, H, W)
+        self.labels = self.probs.argmax(axis=0)
+        self.noisy = noisy_mask(step_noisy(step.x_t[:, row], geometry), colours)
+        self.x0 = overlay(base, self.labels, colours, alpha=0.55)
+        self.change = heatmap(change(prev_probs, self.probs), cmap="inferno")
+
+
+def step_caption(index: int, num_steps: int, t: float, logsnr: float, flipped: int | None) -> str:
+    """A Markdown line naming a step, its time and noise level, and how many pixels changed class."""
+    signal = 1.0 / (1.0 + np.exp(-logsnr))  # alpha_t^2: the share of signal in x_t's variance
+    text = f"**Step {index + 1} / {num_steps}** · t = {t:.3f} · log-SNR = {logsnr:+.2f} (signal fraction α² = {signal:.3f})"
+    return text + (f" · {flipped} pixel(s) changed class" if flipped is not None else " · first step")
+
+
+def trajectory_picture(
+    per_step: list[np.ndarray], class_names: list[str], truth: np.ndarray | None = None
+) -> np.ndarray:
+    """x0-hat's labels at each step [(H, W), ...] -> a plot of the Dice to `truth` (or of the class areas)."""
+    from . import metrics
+
+    k, colours = len(class_names), class_colours(len(class_names))
+    if truth is not None:
+        values = np.array([metrics.per_class(lab, truth, k)["dice"] for lab in per_step])
+        return figure_to_rgb(
+            trajectory_figure(
+                values, class_names, ylabel="Dice", title="Dice of x0-hat to the ground truth", colours=colours
+            )
+        )
+    values = np.array([class_areas(lab, k) for lab in per_step])
+    return figure_to_rgb(
+        trajectory_figure(values, class_names, ylabel="pixels", title="class areas of x0-hat", colours=colours)
+    )
+
+
+def dice_table(labels: np.ndarray, truth: np.ndarray, class_names: list[str]) -> str:
+    """A Markdown table of per-class Dice and pixel counts of `labels` against `truth`, with the foreground mean."""
+    from . import metrics
+
+    k = len(class_names)
+    scores = metrics.per_class(labels, truth, k)["dice"]
+    pred, true = class_areas(labels, k), class_areas(truth, k)
+    lines = ["| class | Dice | px | truth px |", "|---|---|---|---|"]
+    lines += [f"| {class_names[c]} | {scores[c]:.3f} | {pred[c]} | {true[c]} |" for c in range(1, k)]
+    lines.append(f"| **mean (foreground)** | **{metrics.averages(scores)['foreground']:.3f}** | | |")
+    return "\n".join(lines)
+
+
+def slice_picture(
+    image: np.ndarray, config, *, kind: str, ct_window: str | None = None, truth: np.ndarray | None = None
+) -> np.ndarray:
+    """A raw (C, H, W) slice as the model's modality is shown (CT through `ct_window`, else the model's),
+    with `truth` (H, W) drawn on when given: (H, W, 3) uint8, array orientation."""
+    window = ct_window or config.ct_window
+    picture = to_display(image, modality=config.modality, kind=kind, ct_window=window)
+    if truth is not None:
+        picture = overlay(picture, truth, class_colours(config.num_classes), alpha=0.4)
+    return picture
+
+
+def legend_html(labels: np.ndarray, class_names: list[str], *, title: str) -> str:
+    """HTML: a colour swatch, name and area for each foreground class of `labels` (CSS classes
+    `mcd-legend` and `mcd-swatch` for the page to style)."""
+    k = len(class_names)
+    areas = class_areas(labels, k)
+    rows = [
+        f'<span class="mcd-swatch" style="background:{colour}"></span>{name}: {areas[c]} px '
+        f"({100.0 * areas[c] / labels.size:.1f} %)"
+        for c, (name, colour) in enumerate(zip(class_names, hex_colours(k), strict=True))
+        if c > 0
+    ]
+    return f'<div class="mcd-legend"><b>{title}</b><br>' + "<br>".join(rows) + "</div>"

@@ -46,3 +46,20 @@ def tiny_weights(tiny_model, tmp_path_factory) -> Path:
     from medconddiff.hub import save_model
 
     return save_model(tiny_model, tmp_path_factory.mktemp("weights") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """ONE `app.py` server for the whole test session (the API, safety, bad-input and browser tests share it).
+
+    It serves the bundled weights (the default model: brats-demo) with custom weights off, as a
+    public server would: only the offered models load. It runs in its own process group on
+    127.0.0.1 with its own temp folders (benchmarks/load.py's AppServer) and is stopped with SIGTERM.
+    """
+    from scripts import benchmark_script
+
+    load = benchmark_script("load")
+    server = load.AppServer(tmp_path_factory.mktemp("app-server"), env={"MEDCONDDIFF_CUSTOM_WEIGHTS": "off"})
+    server.start()
+    yield server
+    server.stop()

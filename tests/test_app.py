@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -52,9 +51,15 @@ def app(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def brats(app) -> str:
+def server(app):
+    """demo_server: the app's weights policy, model cache, limits and request files."""
+    return app.server
+
+
+@pytest.fixture(scope="module")
+def brats(app, server) -> str:
     """The dropdown value of a BraTS model (FLAIR + T1c)."""
-    choice, custom = app.model_for(app.EXAMPLES[0])
+    choice, custom = server.model_for(app.EXAMPLES[0])
     assert custom == "", "no offered model fits the BraTS examples"
     return choice
 
@@ -103,12 +108,24 @@ def test_examples_are_small_real_and_named_as_agreed():
     assert "CC BY-NC-SA 3.0" in readme and "Menze" in readme and "TotalSegmentator model" in readme
 
 
-def test_gallery_lists_every_example_with_its_ground_truth(app):
-    captions = [e.caption for e in app.EXAMPLES]
-    assert len(app.EXAMPLES) == 7, captions
-    assert all(e.truth and Path(e.truth).is_file() for e in app.EXAMPLES)
-    assert [len(e.files) for e in app.EXAMPLES] == [2, 2, 2, 2, 1, 1, 1]
-    assert "CC BY-NC-SA 3.0" in app.EXAMPLES_ATTRIBUTION and "TotalSegmentator model" in app.EXAMPLES_ATTRIBUTION
+def test_every_catalogued_example_loads_with_its_model_and_ground_truth():
+    """Each entry of examples.json names files that exist and that its bundled model reads, truth included."""
+    import json
+
+    from medconddiff import examples, hub
+    from medconddiff.config import MedCondDiffConfig
+    from medconddiff.pipeline import read_case
+
+    listed = json.loads((EXAMPLES / "examples.json").read_text())["examples"]
+    found = examples.load_examples()
+    assert [e.caption for e in found] == [e["caption"] for e in listed]  # none dropped for a missing file
+    for ex in found:
+        config = MedCondDiffConfig.from_json(hub.resolve(ex.model) / hub.CONFIG_NAME)
+        assert config.modality == ex.modality, ex.caption
+        case = read_case(list(ex.files), config, truth=ex.truth)  # channel count, grid and labels checked
+        assert case.truth is not None and case.truth.shape == case.image.shape[1:], ex.caption
+    attribution = examples.attribution()
+    assert "CC BY-NC-SA 3.0" in attribution and "TotalSegmentator model" in attribution
 
 
 def test_select_example_sets_files_truth_and_a_fitting_model(app, brats):
@@ -119,32 +136,21 @@ def test_select_example_sets_files_truth_and_a_fitting_model(app, brats):
     assert _get(dropdown, "value") == brats and custom == ""
 
 
-def test_guess_order_matches_modalities_by_name():
-    import app
-
-    assert app.guess_order(["/u/b_T1c.nii.gz", "/u/a_flair.nii.gz"], ["FLAIR", "T1c"]) == [
-        "/u/a_flair.nii.gz",
-        "/u/b_T1c.nii.gz",
-    ]
-    assert app.guess_order(["/u/x_t1.png", "/u/x_t1c.png"], ["T1", "T1c"]) == ["/u/x_t1.png", "/u/x_t1c.png"]
-    assert app.guess_order(["/u/one.png", "/u/two.png"], ["FLAIR", "T1c"]) == ["/u/one.png", "/u/two.png"]
-
-
 # -- launching --------------------------------------------------------------------------------------
 
 
-def test_launch_kwargs_cap_uploads_and_honour_host_and_port(app, monkeypatch):
+def test_launch_kwargs_cap_uploads_and_honour_host_and_port(app, server, monkeypatch):
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
-    kw = app.launch_kwargs()
+    kw = server.launch_kwargs(css=app.CSS)
     assert (kw["server_name"], kw["server_port"]) == ("127.0.0.1", 7860)
-    assert kw["max_file_size"] == app.MAX_FILE_SIZE == "200mb"
+    assert kw["max_file_size"] == server.MAX_FILE_SIZE == "200mb" and kw["css"] == app.CSS
     assert "200MB" in app.files.label  # the UI says so
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
     monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
-    assert (app.launch_kwargs()["server_name"], app.launch_kwargs()["server_port"]) == ("0.0.0.0", 7999)
-    assert app.launch_kwargs(host="::1", port=8123)["server_port"] == 8123
-    assert app.demo._queue.default_concurrency_limit == app.CONCURRENCY
+    assert (server.launch_kwargs()["server_name"], server.launch_kwargs()["server_port"]) == ("0.0.0.0", 7999)
+    assert server.launch_kwargs(host="::1", port=8123)["server_port"] == 8123
+    assert app.demo._queue.default_concurrency_limit == app.CONCURRENCY == server.CONCURRENCY
 
 
 # -- the UI handlers --------------------------------------------------------------------------------
@@ -208,7 +214,7 @@ def test_refusing_uses_the_stored_trajectory_without_sampling(app, brats, monkey
 
 def test_nifti_exports_keep_the_upload_affine(app, brats):
     run = _segment(app, SLAB, brats, slice_index=2)[-1][app.run_state]
-    nii = next(f for f in app._exports(run) if f.endswith(".nii.gz"))
+    nii = next(f for f in run.exports() if f.endswith(".nii.gz"))
     img, src = nib.load(nii), nib.load(str(SLAB[0]))
     shift = np.eye(4)
     shift[2, 3] = 2
@@ -235,12 +241,12 @@ def test_nifti_exports_keep_the_upload_affine(app, brats):
     np.testing.assert_allclose(vol.affine, src.affine)
 
 
-def test_ct_example_with_a_ct_model(app):
+def test_ct_example_with_a_ct_model(app, server):
     ct = next(e for e in app.EXAMPLES if e.modality == "ct" and e.files[0].endswith(".png"))
-    choice, custom = app.model_for(ct)
+    choice, custom = server.model_for(ct)
     if custom:
         pytest.skip(f"no CT model bundled or offered ({custom} missing)")
-    assert app.peek_config(choice).modality == "ct"
+    assert server.peek_config(choice).modality == "ct"
     outs = app.on_model(choice, "")
     assert _get(outs[2], "visible") and _get(outs[2], "value") == "abdomen"  # the CT window control
     final = _segment(app, ct.files, choice, truth=ct.truth)[-1]
@@ -325,7 +331,7 @@ def test_bad_settings_and_truth_give_clear_errors_and_the_app_keeps_serving(app,
     assert summary["shape"] == [240, 240]
 
 
-def test_bad_weights_give_clear_errors(app, tmp_path, monkeypatch):
+def test_bad_weights_give_clear_errors(app, server, tmp_path, monkeypatch):
     import gradio as gr
     import huggingface_hub.constants
 
@@ -335,7 +341,7 @@ def test_bad_weights_give_clear_errors(app, tmp_path, monkeypatch):
     (broken / "config.json").write_text('{"image_size": 64}')
     with pytest.raises(gr.Error, match="missing field"):
         app.on_model(None, str(broken))
-    (broken / "config.json").write_text((Path(app.hub.resolve(None)) / "config.json").read_text())
+    (broken / "config.json").write_text((Path(server.hub.resolve(None)) / "config.json").read_text())
     (broken / "model.safetensors").write_bytes(b"not safetensors at all")
     with pytest.raises(gr.Error, match="safetensors"):
         app.segment_api([str(f) for f in BRATS_PNG], str(broken), STEPS, 1, "", 0)
@@ -345,14 +351,14 @@ def test_bad_weights_give_clear_errors(app, tmp_path, monkeypatch):
         app.on_model(None, "nobody/no-such-model")
 
 
-def test_custom_weights_follow_the_server_setting(app, tiny_weights, tmp_path, monkeypatch):
-    """off: only the offered models load, the error lists them; on: a local folder loads via the Hub loader."""
+def test_custom_weights_follow_the_server_setting(app, server, tiny_weights, tmp_path, monkeypatch):
+    """off: only the offered models load, the error lists them; on: a local folder loads, resolved once."""
     import shutil
 
     import gradio as gr
 
     folder = str(shutil.copytree(tiny_weights, tmp_path / "custom"))
-    offered = app.model_choices()
+    offered = server.model_choices()
     monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "off")
     accepted = f"custom weights are disabled on this server ('{folder}' is not one of its models); accepted: "
     for call in (lambda: app.on_model(None, folder), lambda: app.segment_api([str(BRATS_PNG[0])], folder, 2, 1, "", 0)):
@@ -360,27 +366,30 @@ def test_custom_weights_follow_the_server_setting(app, tiny_weights, tmp_path, m
             call()
     assert app.on_model(offered[0], "")[0].startswith(f"**{offered[0]}**")  # offered models still load
     row, note = app.on_page()
-    assert not _get(row, "visible") and _get(note, "visible") and "--custom-weights on" in app.CUSTOM_WEIGHTS_OFF
+    assert not _get(row, "visible") and _get(note, "visible") and "--custom-weights on" in server.CUSTOM_WEIGHTS_OFF
 
-    loads = []
-    real_load = app.hub.load_model
-    monkeypatch.setattr(app.hub, "load_model", lambda spec, **kw: loads.append(spec) or real_load(spec, **kw))
+    resolved = []
+    real_resolve = server.hub.resolve
+    monkeypatch.setattr(server.hub, "resolve", lambda spec=None: resolved.append(spec) or real_resolve(spec))
     monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "on")
-    summary = app.on_model(None, folder)[0]
-    assert loads == [folder] and summary.startswith(f"**{folder}**") and "64 px" in summary
-    assert app.get_model(folder) is app.get_model(folder) and loads == [folder]  # loaded once, then cached
+    summary, about = app.on_model(None, folder)[:2]
+    assert resolved == [folder], "one model pick resolves its weights spec once"
+    assert summary.startswith(f"**{folder}**") and "64 px" in summary and "Not yet evaluated" in about
+    assert app.get_model(folder) is app.get_model(folder) and resolved == [folder]  # loaded once, then cached
     assert _get(app.on_page()[0], "visible")
-    assert app._load.cache_info().maxsize == 3  # custom loads cannot grow memory without bound
+    assert server._load.cache_info().maxsize == 3  # custom loads cannot grow memory without bound
 
 
-def test_an_example_no_offered_model_fits(app, monkeypatch):
+def test_an_example_no_offered_model_fits(app, server, monkeypatch):
     """Its own model goes into the text box where custom weights are allowed; elsewhere a clear error."""
     import gradio as gr
 
-    odd = app.Example("odd", ("a.png", "b.png", "c.png"), None, "someone/rgb-model", "natural")
+    from medconddiff.examples import Example
+
+    odd = Example("odd", ("a.png", "b.png", "c.png"), None, "someone/rgb-model", "natural")
     monkeypatch.setattr(app, "EXAMPLES", [odd])
     monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "on")
-    assert app.model_for(odd) == (app.default_choice(), "someone/rgb-model")
+    assert server.model_for(odd) == (server.default_choice(), "someone/rgb-model")
     monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "off")
     with pytest.raises(
         gr.Error, match=r"needs the model 'someone/rgb-model', which this server does not offer.*offered: "
@@ -388,19 +397,19 @@ def test_an_example_no_offered_model_fits(app, monkeypatch):
         app.select_example(gr.SelectData(None, {"index": 0, "value": None}))
 
 
-def test_custom_weights_auto_only_on_loopback_and_off_spaces(app, monkeypatch):
+def test_custom_weights_auto_only_on_loopback_and_off_spaces(app, server, monkeypatch):
     monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "auto")
     monkeypatch.delenv("SPACE_ID", raising=False)
     for host in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"):
-        assert app.custom_weights_allowed(host), host
+        assert server.custom_weights_allowed(host), host
     for host in ("0.0.0.0", "::", "192.168.1.20", "example.org"):
-        assert not app.custom_weights_allowed(host), host
+        assert not server.custom_weights_allowed(host), host
     monkeypatch.setenv("SPACE_ID", "someone/medconddiff")
-    assert not app.custom_weights_allowed("127.0.0.1")
+    assert not server.custom_weights_allowed("127.0.0.1")
     monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "on")
-    assert app.custom_weights_allowed("0.0.0.0")
+    assert server.custom_weights_allowed("0.0.0.0")
     monkeypatch.setenv("MEDCONDDIFF_CUSTOM_WEIGHTS", "sometimes")  # unknown: off
-    assert not app.custom_weights_allowed("127.0.0.1")
+    assert not server.custom_weights_allowed("127.0.0.1")
     with pytest.raises(SystemExit):
         app.main(["--port", "1"])  # refuses the unknown mode before serving
 
@@ -408,18 +417,20 @@ def test_custom_weights_auto_only_on_loopback_and_off_spaces(app, monkeypatch):
 # -- About ------------------------------------------------------------------------------------------
 
 
-def test_about_reads_validation_numbers_from_the_model_card(app, tiny_weights, tmp_path):
+def test_about_reads_validation_numbers_from_the_model_card(app, tiny_model, tiny_weights, tmp_path):
     import shutil
 
+    from medconddiff.modelcard import about_markdown
+
     folder = Path(shutil.copytree(tiny_weights, tmp_path / "carded"))
-    bare = app.about_markdown(str(folder))
+    bare = about_markdown("carded", folder, tiny_model.config)
     assert "Not yet evaluated" in bare and "not for clinical use" in bare.lower() and app.PAPER_URL in bare
     (folder / "README.md").write_text(
         "---\nlicense: cc-by-nc-sa-3.0\n---\n# A model\n\n## Training data\n\nTwo BraTS patients.\n\n"
         "## Validation\n\n| region | Dice |\n|---|---|\n| WT | 0.812 |\n"
     )
     (folder / "training.json").write_text('{"steps": 1800, "train_slices": 240}')
-    carded = app.about_markdown(str(folder))
+    carded = about_markdown("carded", folder, tiny_model.config)
     assert "| WT | 0.812 |" in carded and "Two BraTS patients" in carded and "steps 1800" in carded
     assert "license:" not in carded
 
@@ -427,25 +438,12 @@ def test_about_reads_validation_numbers_from_the_model_card(app, tiny_weights, t
 # -- the public API through gradio_client -------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(app):
-    port = _free_port()
-    app.demo.launch(**app.launch_kwargs(port=port), prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.demo.close()
-
-
-def test_api_segment_with_gradio_client(app, server, tmp_path):
+def test_api_segment_with_gradio_client(app_server, tmp_path):
+    """The session's shared server (`python app.py`, default model, custom weights off) through its public API."""
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    client = Client(server, verbose=False, download_files=str(tmp_path))
+    client = Client(app_server.url, verbose=False, download_files=str(tmp_path))
     assert "/segment" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     started = time.perf_counter()
     mask, summary = client.predict(

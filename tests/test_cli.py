@@ -1,10 +1,16 @@
-"""The command line: info, segmenting 2D and NIfTI input, and exit code 2 with one clear line on bad input."""
+"""The command line: info, segmenting 2D and NIfTI input, and exit code 2 with one clear line on bad input.
+
+Every case calls `medconddiff.__main__.main` in this process; one test starts a real `python -m
+medconddiff` (tests/test_bad_inputs.py has another for a bad file).
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -15,10 +21,31 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "medconddiff", *args], cwd=REPO, capture_output=True, text=True,
-                          env=full_env, timeout=300)
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capfd, monkeypatch):
+    """`python -m medconddiff ARGS` as `main(ARGS)` in this process (the same code, without a new interpreter)."""
+    from medconddiff.__main__ import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_VERBOSITY", "error")  # main() would set it for the whole test session
+    monkeypatch.delenv("MEDCONDDIFF_WEIGHTS", raising=False)
+
+    def run(command: str) -> Ran:
+        """`command`: the arguments as a shell line (the test paths hold no spaces)."""
+        capfd.readouterr()
+        with warnings.catch_warnings():  # main() silences library warnings: keep that to this call
+            code = main(command.split())
+        out = capfd.readouterr()
+        return Ran(code, out.out, out.err)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +64,21 @@ def case(tmp_path_factory):
     return d
 
 
-def test_info_default_config_parameter_count():
-    r = run_cli("info")
+def test_info_in_a_real_process_default_config_parameter_count():
+    """The one subprocess run: `python -m medconddiff` as a shell starts it (the rest call `main` in-process)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "medconddiff", "info"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     total = float(r.stdout.split("total ")[1].split("M")[0])
     assert 24.0 <= total <= 25.5
     assert "classes:" in r.stdout
 
 
-def test_segment_nifti_keeps_grid_and_affine(case, tiny_weights, tmp_path):
+def test_segment_nifti_keeps_grid_and_affine(run_cli, case, tiny_weights, tmp_path):
     out = tmp_path / "mask.nii.gz"
-    r = run_cli("segment", str(case / "flair.nii.gz"), str(case / "t1c.nii.gz"), "-o", str(out),
-                "--weights", str(tiny_weights), "--steps", "2", "--quiet")
+    r = run_cli(f"segment {case}/flair.nii.gz {case}/t1c.nii.gz -o {out} --weights {tiny_weights} --steps 2 --quiet")
     assert r.returncode == 0, r.stderr
     img = nib.load(out)
     assert img.shape == (48, 40, 3)
@@ -56,10 +86,27 @@ def test_segment_nifti_keeps_grid_and_affine(case, tiny_weights, tmp_path):
     assert set(np.unique(np.asarray(img.dataobj))) <= set(range(5))
 
 
-def test_segment_png(case, tiny_weights, tmp_path):
+def test_uncertainty_maps_are_written_on_the_input_grid(run_cli, case, tiny_weights, tmp_path):
+    nii, unc = tmp_path / "mask.nii.gz", tmp_path / "agreement.nii.gz"
+    settings = f"--weights {tiny_weights} --steps 2 --ensemble 2 --quiet"
+    r = run_cli(f"segment {case}/flair.nii.gz {case}/t1c.nii.gz -o {nii} --uncertainty {unc} {settings}")
+    assert r.returncode == 0, r.stderr
+    img = nib.load(unc)
+    assert img.shape == (48, 40, 3) and img.get_data_dtype() == np.float32
+    np.testing.assert_allclose(img.affine, np.diag([1.2, 1.2, 3.0, 1.0]))
+    values = np.asarray(img.dataobj)
+    assert values.min() >= 0.0 and values.max() == 1.0  # 1 = every step and member agrees (e.g. outside the head)
+    png, unc_png = tmp_path / "mask.png", tmp_path / "agreement.png"
+    r = run_cli(f"segment {case}/flair.png {case}/t1c.png -o {png} --uncertainty {unc_png} {settings}")
+    assert r.returncode == 0, r.stderr
+    agreement = np.asarray(Image.open(unc_png))
+    assert agreement.shape == (48, 40) and agreement.dtype == np.uint8 and agreement.max() == 255
+
+
+def test_segment_png(run_cli, case, tiny_weights, tmp_path):
     out = tmp_path / "mask.png"
-    r = run_cli("segment", str(case / "flair.png"), str(case / "t1c.png"), "-o", str(out),
-                "--weights", str(tiny_weights), "--steps", "2", "--ensemble", "2", "--consensus", "majority_vote")
+    settings = f"--weights {tiny_weights} --steps 2 --ensemble 2 --consensus majority_vote"
+    r = run_cli(f"segment {case}/flair.png {case}/t1c.png -o {out} {settings}")
     assert r.returncode == 0, r.stderr
     assert np.asarray(Image.open(out)).shape == (48, 40)
 
@@ -93,22 +140,21 @@ def _nan_vol():
 
 
 @pytest.mark.parametrize("kind", list(BAD))
-def test_bad_input_exit_code_2_and_one_clear_line(kind, tmp_path, tiny_weights):
+def test_bad_input_exit_code_2_and_one_clear_line(run_cli, kind, tmp_path, tiny_weights):
     make, fragment = BAD[kind]
     inputs = make(tmp_path)
     out = "out.png" if str(inputs[0]).endswith(".png") else "out.nii.gz"
-    r = run_cli("segment", *map(str, inputs), "-o", str(tmp_path / out), "--weights", str(tiny_weights), "--quiet")
+    r = run_cli(f"segment {' '.join(map(str, inputs))} -o {tmp_path / out} --weights {tiny_weights} --quiet")
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     assert fragment in r.stderr, r.stderr
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
 
 
-def test_bad_settings_and_weights(case, tmp_path, tiny_weights):
-    r = run_cli("segment", str(case / "flair.png"), str(case / "t1c.png"), "-o", str(tmp_path / "m.nii.gz"))
+def test_bad_settings_and_weights(run_cli, case, tmp_path, tiny_weights):
+    r = run_cli(f"segment {case}/flair.png {case}/t1c.png -o {tmp_path}/m.nii.gz")
     assert r.returncode == 2 and "name the output .png" in r.stderr
-    r = run_cli("info", "--weights", str(tmp_path / "does-not-exist"))
+    r = run_cli(f"info --weights {tmp_path}/does-not-exist")
     assert r.returncode == 2 and "no such weights folder" in r.stderr
-    r = run_cli("segment", str(case / "flair.png"), str(case / "t1c.png"), "-o", str(tmp_path / "m.png"), "--steps", "0",
-                "--weights", str(tiny_weights))
+    r = run_cli(f"segment {case}/flair.png {case}/t1c.png -o {tmp_path}/m.png --steps 0 --weights {tiny_weights}")
     assert r.returncode == 2 and "steps must be between" in r.stderr

@@ -19,6 +19,31 @@ def _affine():
     return a
 
 
+def test_match_channels_matches_modalities_by_name():
+    assert io.match_channels(["/u/b_T1c.nii.gz", "/u/a_flair.nii.gz"], ["FLAIR", "T1c"]) == [
+        "/u/a_flair.nii.gz",
+        "/u/b_T1c.nii.gz",
+    ]
+    assert io.match_channels(["/u/x_t1c.png", "/u/x_t1.png"], ["T1", "T1c"]) == ["/u/x_t1.png", "/u/x_t1c.png"]
+    assert io.match_channels(["/u/one.png", "/u/two.png"], ["FLAIR", "T1c"]) == ["/u/one.png", "/u/two.png"]
+
+
+def test_slice_affine_places_slice_z_where_the_volume_has_it():
+    z = 4
+    world = _affine() @ np.array([3.0, 7.0, z, 1.0])  # voxel (3, 7, z) of the volume
+    np.testing.assert_allclose(io.slice_affine(_affine(), z) @ np.array([3.0, 7.0, 0.0, 1.0]), world)
+
+
+def test_uncertainty_maps_round_trip(tmp_path):
+    agreement = np.random.default_rng(1).random((13, 17, 5)).astype(np.float32)
+    io.write_nifti_map(agreement, tmp_path / "a.nii.gz", affine=_affine())
+    img = nib.load(tmp_path / "a.nii.gz")
+    np.testing.assert_allclose(img.affine, _affine())
+    np.testing.assert_array_equal(np.asarray(img.dataobj), agreement)
+    io.write_png_map(agreement[..., 0], tmp_path / "a.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), (agreement[..., 0] * 255).round())
+
+
 def test_nifti_labels_round_trip_keeps_affine_and_shape(tmp_path):
     labels = np.random.default_rng(0).integers(0, 5, (13, 17, 5))
     io.write_nifti_labels(labels, tmp_path / "m.nii.gz", affine=_affine())

@@ -17,8 +17,14 @@ from medconddiff.model import MedCondDiff
 @pytest.mark.parametrize(("size", "channels", "classes"), [(64, 1, 2), (96, 2, 5), (128, 4, 3)])
 def test_shapes_and_finite(fusion, size, channels, classes):
     torch.manual_seed(0)
-    cfg = MedCondDiffConfig(image_size=size, image_channels=channels, channel_names=[f"c{i}" for i in range(channels)],
-                            num_classes=classes, class_names=[f"k{i}" for i in range(classes)], fusion=fusion)
+    cfg = MedCondDiffConfig(
+        image_size=size,
+        image_channels=channels,
+        channel_names=[f"c{i}" for i in range(channels)],
+        num_classes=classes,
+        class_names=[f"k{i}" for i in range(classes)],
+        fusion=fusion,
+    )
     model = MedCondDiff(cfg).eval()
     image = torch.randn(2, channels, size, size)
     x_t = torch.randn(2, classes, size, size)
@@ -84,9 +90,35 @@ def test_save_load_round_trip_is_bit_identical(tiny_model, tmp_path, half):
     assert all(p.dtype == torch.float32 for p in loaded.parameters())  # fp16 storage is upcast
 
 
-def test_from_pretrained_uses_strict_loader(tiny_weights):
-    model = MedCondDiff.from_pretrained(str(tiny_weights))
-    assert model.config.image_size == 64
+def _weights_with(tiny_weights, folder, change) -> str:
+    """A copy of the tiny weights folder whose tensors went through `change(state) -> state`."""
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir()
+    (folder / "config.json").write_bytes((tiny_weights / "config.json").read_bytes())
+    save_file(change(load_file(str(tiny_weights / "model.safetensors"))), str(folder / "model.safetensors"))
+    return str(folder)
+
+
+def test_strict_loading_refuses_a_missing_an_unexpected_and_a_misshapen_tensor(tiny_weights, tmp_path):
+    """Both entry points (load_model and the Hub mixin's from_pretrained) refuse partial or mismatched weights."""
+    state = load_model(str(tiny_weights)).state_dict()
+    key = next(k for k, v in state.items() if v.dim() == 4)  # a convolution kernel
+    broken = {
+        "missing": (lambda sd: {k: v for k, v in sd.items() if k != key}, rf"1 tensor\(s\) missing \(e\.g\. {key}\)"),
+        "unexpected": (lambda sd: {**sd, "extra.weight": torch.zeros(3)}, r"1 unexpected \(e\.g\. extra\.weight\)"),
+        "wrong shape": (
+            lambda sd: {**sd, key: torch.zeros(1, *sd[key].shape[1:])},
+            rf"1 with the wrong shape \(e\.g\. {key}",
+        ),
+    }
+    for name, (change, message) in broken.items():
+        folder = _weights_with(tiny_weights, tmp_path / name.replace(" ", "-"), change)
+        for load in (load_model, MedCondDiff.from_pretrained):
+            with pytest.raises(WeightsError, match=message):
+                load(folder)
+    untouched = _weights_with(tiny_weights, tmp_path / "untouched", lambda sd: sd)  # the control: it loads
+    assert torch.equal(MedCondDiff.from_pretrained(untouched).state_dict()[key], state[key])
 
 
 def test_config_is_strict(tmp_path):

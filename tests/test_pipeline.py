@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
+import torch
 
+from medconddiff import io
 from medconddiff.errors import SettingsError
-from medconddiff.pipeline import Result, SamplingSettings, iter_segment_slices, segment_image, segment_volume
+from medconddiff.pipeline import (
+    Result,
+    SamplingSettings,
+    SliceStep,
+    iter_segment_slices,
+    prepare_slice,
+    segment_image,
+    segment_volume,
+)
 from medconddiff.sampler import StepRecord
 
 
@@ -35,9 +47,37 @@ def test_refuse_changes_only_the_fusion(tiny_model):
 
 
 def test_iter_yields_every_step_then_results(tiny_model):
-    items = list(iter_segment_slices(tiny_model, [_slice(), _slice(seed=1)], SamplingSettings(steps=3), kind="nifti"))
-    assert [type(i) for i in items[:3]] == [StepRecord] * 3
+    blank = np.zeros((2, 50, 60), np.float32)
+    items = list(
+        iter_segment_slices(tiny_model, [_slice(), blank, _slice(seed=1)], SamplingSettings(steps=3), kind="nifti")
+    )
+    assert [type(i) for i in items[:3]] == [SliceStep] * 3 and isinstance(items[0], StepRecord)
     assert isinstance(items[-1], list) and all(isinstance(r, Result) for r in items[-1])
+    # each step carries the geometry of every slice it sampled (the blank one skipped the model)
+    assert items[0].logits.shape[1] == 2 and items[0].geometries == (items[-1][0].geometry, items[-1][2].geometry)
+    assert items[-1][1].geometry.shape == (50, 60)
+
+
+def test_prepare_slice_is_normalise_content_test_and_model_grid(tiny_model):
+    config = tiny_model.config
+    p = prepare_slice(_slice(), config, kind="nifti")
+    np.testing.assert_array_equal(p.normalised, io.normalise(_slice(), config, kind="nifti"))
+    assert p.geometry == io.plan_geometry(p.normalised, config) and p.geometry.box[2] == 12  # column 20 - margin 8
+    assert p.image.shape == (2, 64, 64) and p.image.dtype == torch.float32
+    torch.testing.assert_close(p.image, io.to_model_grid(p.normalised, p.geometry, background=0.0))
+    empty = prepare_slice(np.zeros((2, 30, 40), np.float32), config, kind="nifti")
+    assert empty.image is None and empty.geometry.shape == (30, 40)
+
+
+def test_inference_mode_is_entered_per_step_and_not_held_across_yields(tiny_model):
+    """A consumer may resume the generator on another thread (Gradio does): each step still runs without autograd."""
+    gen = iter_segment_slices(tiny_model, [_slice()], SamplingSettings(steps=3), kind="nifti")
+    first = next(gen)
+    assert not torch.is_inference_mode_enabled()  # the caller's thread is back in its own mode
+    with ThreadPoolExecutor(1) as pool:
+        later = [pool.submit(next, gen).result() for _ in range(3)]
+    assert first.logits.is_inference() and all(r.logits.is_inference() for r in later[:2])
+    assert isinstance(later[-1], list) and later[-1][0].labels.shape == (90, 70)
 
 
 def test_seed_reproduces_and_blank_slices_skip_the_model(tiny_model):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from medconddiff import io
 from medconddiff.config import MedCondDiffConfig
+from medconddiff.pipeline import prepare_slice
 
 
 @dataclass
@@ -88,24 +89,27 @@ def remap(labels: np.ndarray, label_map: dict[str, int] | None) -> np.ndarray:
     return lut[labels]
 
 
+def read_labels(case: Case, data: DataSettings) -> np.ndarray | None:
+    """A case's label volume (X, Y, Z), remapped to class indices; None for an unlabelled case."""
+    if case.labels is None:
+        return None
+    import nibabel as nib
+
+    return remap(np.asarray(nib.load(str(case.labels)).dataobj), data.label_map)
+
+
 def read_case(case: Case, data: DataSettings) -> tuple[io.Scan, np.ndarray | None]:
     """Raw scan (C, X, Y, Z) and remapped labels (X, Y, Z); for the images layout (C, H, W) and (H, W)."""
-    if data.layout == "images":
-        scan = io.read_scan(case.images)
-        labels = None
-        if case.labels is not None:
-            mask = io.read_image(case.labels)[0]  # (H, W): the first channel of a grey or RGB mask
-            if data.mask_threshold is not None:
-                labels = (mask > data.mask_threshold).astype(np.int64)
-            else:
-                labels = remap(mask, data.label_map)
-        return scan, labels
-    scan = io.read_nifti(case.images)
+    if data.layout != "images":
+        return io.read_nifti(case.images), read_labels(case, data)
+    scan = io.read_scan(case.images)
     labels = None
     if case.labels is not None:
-        import nibabel as nib
-
-        labels = remap(np.asarray(nib.load(str(case.labels)).dataobj), data.label_map)
+        mask = io.read_image(case.labels)[0]  # (H, W): the first channel of a grey or RGB mask
+        if data.mask_threshold is not None:
+            labels = (mask > data.mask_threshold).astype(np.int64)
+        else:
+            labels = remap(mask, data.label_map)
     return scan, labels
 
 
@@ -143,7 +147,7 @@ def case_slices(scan: io.Scan, labels: np.ndarray | None, layout: str):
         yield scan.data[..., k], (None if labels is None else labels[..., k])
 
 
-def match_channels(raw: np.ndarray, config: MedCondDiffConfig) -> np.ndarray:
+def expand_grey(raw: np.ndarray, config: MedCondDiffConfig) -> np.ndarray:
     """A grey picture for an RGB model (io reads equal-channel RGB as grey): repeat it on 3 channels."""
     if raw.shape[0] == 1 and config.image_channels == 3:
         return np.repeat(raw, 3, axis=0)
@@ -162,12 +166,11 @@ class SliceSet:
 
 
 def build_slices(cases: list[Case], data: DataSettings, config: MedCondDiffConfig, *, part: str = "all") -> SliceSet:
-    """Every non-empty slice of every case, normalised and put on the model grid by the library.
+    """Every non-empty slice of every case, prepared for the model by the library (`pipeline.prepare_slice`).
 
     `part` selects slices of a single case by block: "val" = slices in `val_range`, "train" = the others.
     """
     imgs, labs = [], []
-    bg = io.background_value(config)
     kind = "image" if data.layout == "images" else "nifti"
     for case in cases:
         scan, labels = read_case(case, data)
@@ -175,12 +178,11 @@ def build_slices(cases: list[Case], data: DataSettings, config: MedCondDiffConfi
         for k, (raw, lab) in enumerate(case_slices(scan, labels, data.layout)):
             if (part == "val" and k not in held_out) or (part == "train" and k in held_out):
                 continue
-            img = io.normalise(match_channels(raw, config), config, kind=kind)
-            if not (np.abs(img - bg) > 1e-6).any():
+            prepared = prepare_slice(expand_grey(raw, config), config, kind=kind)  # as the pipeline prepares it
+            if prepared.image is None:
                 continue  # outside the head/body: nothing to learn
-            geom = io.plan_geometry(img, config)
-            imgs.append(io.to_model_grid(img, geom, background=bg).half())
-            labs.append(io.labels_to_model_grid(lab, geom).to(torch.uint8))
+            imgs.append(prepared.image.half())
+            labs.append(io.labels_to_model_grid(lab, prepared.geometry).to(torch.uint8))
     if not imgs:
         size, c = config.image_size, config.image_channels
         return SliceSet(

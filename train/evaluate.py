@@ -20,7 +20,7 @@ import numpy as np
 
 from medconddiff import metrics
 from medconddiff.hub import load_model, resolve
-from medconddiff.pipeline import SamplingSettings, load_case, resolve_device, segment_volume
+from medconddiff.pipeline import SamplingSettings, load_case, resolve_device, segment_slices, segment_volume
 
 from . import data as D
 
@@ -111,6 +111,16 @@ def mean_of(cases: list[dict]) -> dict:
     return out
 
 
+def predict_case(model, scan, settings: SamplingSettings, *, batch_size: int = 8, progress: bool = False) -> np.ndarray:
+    """One read case (`pipeline.load_case`) -> its label map on the scan's grid, (X, Y, Z) for volumes
+    or (H, W) for 2D images: the prediction `evaluate` scores, through the library's pipeline."""
+    if scan.is_volume:
+        return segment_volume(
+            model, scan.data, settings, kind=scan.kind, batch_size=batch_size, progress=progress
+        ).labels
+    return segment_slices(model, [scan.data], settings, kind=scan.kind)[0].labels
+
+
 def evaluate(
     model,
     data: D.DataSettings,
@@ -130,10 +140,10 @@ def evaluate(
         brats = data.layout == "brats" and k == 5
     per_case, seconds = {}, []
     for case in found:
-        scan = load_case(case.images, model.config)
-        _, truth = D.read_case(case, data)
+        scan = load_case(case.images, model.config)  # each case is read once: the scan here, the labels below
+        truth = D.read_labels(case, data)
         t0 = time.time()
-        pred = segment_volume(model, scan.data, settings, kind="nifti", batch_size=batch_size, progress=progress).labels
+        pred = predict_case(model, scan, settings, batch_size=batch_size, progress=progress)
         seconds.append(time.time() - t0)
         if data.layout == "single" and data.val_range:
             a, b = data.val_range

@@ -28,10 +28,9 @@ import torch
 import torch.distributed as dist
 
 from medconddiff.config import MedCondDiffConfig
-from medconddiff.consensus import fuse
 from medconddiff.diffusion import class_weights_from_counts, hybrid_loss, labels_to_x0, q_sample
 from medconddiff.model import MedCondDiff
-from medconddiff.sampler import sample_loop
+from medconddiff.pipeline import SamplingSettings, segment_model_grid
 
 from . import data as D
 
@@ -171,7 +170,11 @@ def load_checkpoint(path: Path, model, ema, opt, gen: torch.Generator) -> int:
 
 @torch.inference_mode()
 def validate(model, val: D.SliceSet, settings: TrainSettings, device) -> dict[str, float]:
-    """Foreground Dice per class on validation slices (model grid), fast sampling settings."""
+    """Foreground Dice per class on validation slices (model grid), fast sampling settings.
+
+    Samples through the library (`pipeline.segment_model_grid`, the pipeline's own sampling and
+    consensus) with one generator across batches, so a run's validation numbers are reproducible.
+    """
     model.eval()
     k = model.config.num_classes
     fg = (val.labels.flatten(1) > 0).any(1).nonzero().flatten()[: settings.val_slices]
@@ -179,15 +182,12 @@ def validate(model, val: D.SliceSet, settings: TrainSettings, device) -> dict[st
         return {}
     inter = torch.zeros(k)
     total = torch.zeros(k)
-    g = torch.Generator().manual_seed(1234)
+    sampling = SamplingSettings(steps=settings.val_steps, seed=1234)  # DDIM, one member, mean_logits
+    g = torch.Generator().manual_seed(sampling.seed)
     for start in range(0, fg.numel(), 16):
         idx = fg[start : start + 16]
         img = val.images[idx].float().to(device)
-        cond = model.encode_image(img)
-        logits = torch.stack(
-            [r.logits for r in sample_loop(model, cond, steps=settings.val_steps, generator=g, keep_x_t=False)]
-        )
-        pred = fuse(logits.cpu()).labels  # (B, S, S)
+        pred = segment_model_grid(model, img, sampling, generator=g).labels  # (B, S, S)
         lab = val.labels[idx].long()
         for c in range(1, k):
             inter[c] += ((pred == c) & (lab == c)).sum()

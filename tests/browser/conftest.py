@@ -1,4 +1,4 @@
-"""Fixtures for the browser tests: `python app.py` in a subprocess, headless Debian Chromium, screenshots.
+"""Fixtures for the browser tests: the session's shared app server, headless Debian Chromium, screenshots.
 
 Chromium is Debian's package (`apt-get install -y chromium`), driven by Playwright with
 `executable_path`; `playwright install` is never needed. Without it the tests skip, except under
@@ -8,12 +8,6 @@ CI=true, where a missing browser fails the run.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -47,61 +41,11 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{call.when}", outcome.get_result())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def app_url(tmp_path_factory) -> str:
-    """`python app.py --port P` from the repository root, as a user would start it; stopped with SIGTERM."""
-    from medconddiff import hub
-
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    if not any(name.startswith("brats") for name in hub.bundled_models()):
-        import torch
-
-        from medconddiff.config import MedCondDiffConfig
-        from medconddiff.model import MedCondDiff
-
-        torch.manual_seed(0)  # RANDOM-INIT FALLBACK: no trained BraTS weights are bundled yet
-        folder = tmp_path_factory.mktemp("random-init")
-        hub.save_model(MedCondDiff(MedCondDiffConfig(image_size=64)), folder)
-        env["MEDCONDDIFF_WEIGHTS"] = str(folder)
+def app_url(app_server) -> str:
+    """The session's shared app server (tests/conftest.py `app_server`): the bundled weights, as a user starts it."""
     ARTIFACTS.mkdir(exist_ok=True)
-    port = _free_port()
-    log = open(ARTIFACTS / "app-server.log", "w")  # noqa: SIM115 (closed at teardown)
-    proc = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: SIGTERM reaches everything it started
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log.flush()
-            text = (ARTIFACTS / "app-server.log").read_text()[-3000:]
-            os.killpg(proc.pid, signal.SIGTERM) if proc.poll() is None else None
-            pytest.fail(f"`python app.py` did not serve {url} (exit code {proc.poll()}):\n{text}")
-        time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    return app_server.url
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,466 @@
+"""What the demo server needs beyond the library: weights policy, the model cache, demo limits, request files.
+
+app.py wires the page; this module decides which weights a request may load (and loads each
+once), bounds the work of one request, and keeps every file a request writes in a scratch
+folder that goes away with the request or the session. Nothing here is maths or file formats:
+those are the library's (`medconddiff`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import ipaddress
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+try:  # Hugging Face ZeroGPU; off Spaces `spaces.GPU` returns the function unchanged
+    import spaces
+except ImportError:  # the demo runs without the package
+    spaces = None
+import numpy as np
+from gradio.data_classes import FileData, ListFiles
+from gradio.utils import get_upload_folder
+from PIL import Image
+
+from medconddiff import hub, io, viz
+from medconddiff.config import MedCondDiffConfig
+from medconddiff.errors import InputError, MedCondDiffError, SettingsError, WeightsError
+from medconddiff.examples import EXAMPLES_DIR, Example, thumbnail
+from medconddiff.pipeline import Case, Result, SamplingSettings, load_case, read_case, resolve_device
+
+MAX_FILE_SIZE = "200mb"  # per upload; Gradio refuses larger files before they reach a handler
+MAX_STEPS, MAX_ENSEMBLE, MAX_WORK = 50, 8, 100  # per run: steps, members, steps x members (bounds memory)
+MAX_CHANNELS = 4  # modality pickers shown for multi-modal models
+MAX_SIDE = 1024  # pictures are drawn at the image's resolution, up to this side
+CONCURRENCY = int(os.environ.get("MEDCONDDIFF_CONCURRENCY", "1"))  # sampling runs at once, all users together
+DEVICE = resolve_device("auto")
+RUNS_DIR = Path(tempfile.gettempdir()) / "medconddiff-demo"
+CUSTOM_WEIGHTS_MODES = ("auto", "on", "off")
+CUSTOM_WEIGHTS_OFF = (
+    "_Other weights (a Hub repo id or a local folder) are disabled on this server; it offers the models above. "
+    "Whoever runs it can allow them with `python app.py --custom-weights on`._"
+)
+
+
+def gpu(fn):
+    """`spaces.GPU` on Hugging Face ZeroGPU (a GPU is attached for each call); the function itself elsewhere."""
+    return spaces.GPU(fn) if spaces is not None else fn
+
+
+# -- which weights a request may load ---------------------------------------------------------------
+
+
+def custom_weights_mode() -> str:
+    """MEDCONDDIFF_CUSTOM_WEIGHTS (set by `python app.py --custom-weights`): auto (default), on or off."""
+    return os.environ.get("MEDCONDDIFF_CUSTOM_WEIGHTS", "").strip().lower() or "auto"
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # 0.0.0.0-style wildcards are addresses; any other host name may be reachable from outside
+        return False
+
+
+def custom_weights_allowed(host: str | None = None) -> bool:
+    """Whether this server loads weights it does not offer: a Hub repo id or a folder, from the text box or the API.
+
+    The mode (`custom_weights_mode`) on or off decides; auto means on only when the server listens
+    on a loopback address (`host`, else GRADIO_SERVER_NAME or 127.0.0.1) and is not a Hugging Face
+    Space (SPACE_ID unset). Otherwise anyone who reaches the server could make it read its folders
+    or download any Hub repo. An unknown mode counts as off.
+    """
+    mode = custom_weights_mode()
+    if mode != "auto":
+        return mode == "on"
+    host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    return is_loopback(host) and not os.environ.get("SPACE_ID")
+
+
+def default_spec() -> str:
+    return os.environ.get("MEDCONDDIFF_WEIGHTS", "").strip() or hub.DEFAULT_WEIGHTS
+
+
+def model_choices() -> list[str]:
+    """The dropdown's weights: MEDCONDDIFF_WEIGHTS (if set) and the bundled models."""
+    env = os.environ.get("MEDCONDDIFF_WEIGHTS", "").strip()
+    bundled = hub.bundled_models()
+    return ([env] if env and env not in bundled else []) + bundled
+
+
+def default_choice() -> str | None:
+    choices = model_choices()
+    preferred = [os.environ.get("MEDCONDDIFF_WEIGHTS", "").strip(), hub.DEFAULT_WEIGHTS]
+    return next((c for c in preferred if c in choices), choices[0] if choices else None)
+
+
+def peek_config(spec: str) -> MedCondDiffConfig | None:
+    """A weights spec's config.json without loading the weights (None if it cannot be read)."""
+    try:
+        return MedCondDiffConfig.from_json(hub.resolve(spec or None) / hub.CONFIG_NAME)
+    except MedCondDiffError:
+        return None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model as this server loaded it: the spec resolved once, to one folder."""
+
+    name: str  # what the page shows: the spec, or the default weights' spec for ""
+    folder: Path
+    model: object  # medconddiff.model.MedCondDiff, on DEVICE
+
+    @property
+    def config(self) -> MedCondDiffConfig:
+        return self.model.config
+
+    def summary(self) -> str:
+        """One Markdown line: name, inputs, classes, size, parameters, device."""
+        c = self.config
+        return (
+            f"**{self.name}** · {', '.join(c.channel_names)} · {c.modality.upper()} · {c.num_classes} classes · "
+            f"{c.image_size} px · {self.model.parameter_counts()['total'] / 1e6:.1f} M parameters · "
+            f"on {DEVICE.type.upper()}"
+        )
+
+
+@functools.lru_cache(maxsize=3)  # bounded: custom weights must not grow the server's memory without end
+def _load(spec: str) -> Loaded:
+    folder = hub.resolve(spec)
+    return Loaded(name=spec, folder=folder, model=hub.load_folder(folder, device=DEVICE))
+
+
+def get_model(spec: str | None, host: str | None = None) -> Loaded:
+    """The model for a weights spec ("" = MEDCONDDIFF_WEIGHTS or the bundled default), loaded once per process.
+
+    Only the offered models (`model_choices`) load unless `custom_weights_allowed(host)`.
+    """
+    spec = (spec or "").strip()
+    if spec and spec not in model_choices() and not custom_weights_allowed(host):
+        raise WeightsError(
+            f"custom weights are disabled on this server ({spec!r} is not one of its models); "
+            f"accepted: {', '.join(model_choices())}"
+        )
+    return _load(spec or default_spec())
+
+
+def model_for(example: Example, host: str | None = None) -> tuple[str | None, str]:
+    """(dropdown, text box) values for an example: the model made for it, else an offered one that fits it.
+
+    Neither: the example's own model in the text box where custom weights are allowed, else a `WeightsError`.
+    """
+    choices = model_choices()
+    if example.model in choices:
+        return example.model, ""
+    for name in choices:
+        cfg = peek_config(name)
+        if cfg is not None and cfg.image_channels == len(example.files) and cfg.modality == example.modality:
+            return name, ""
+    if custom_weights_allowed(host):
+        return default_choice(), example.model  # not offered: the text box tries it, and says clearly if it fails
+    raise WeightsError(  # the text box is hidden here: a value put there could not be cleared
+        f"the example {example.caption!r} needs the model {example.model!r}, which this server does not offer, "
+        f"and none of its models fits it; offered: {', '.join(model_choices())}"
+    )
+
+
+def settings(config, steps, sampler, ensemble, consensus, seed) -> SamplingSettings:
+    """A request's settings (0 / "" / None = the model's default), within this demo's limits."""
+    chosen = SamplingSettings.defaults_for(
+        config,
+        steps=int(steps) if steps else None,
+        ensemble=int(ensemble) if ensemble else None,
+        sampler=sampler or None,
+        consensus=consensus or None,
+        seed=int(seed or 0),
+    )
+    s, e = chosen.steps, chosen.ensemble
+    if s > MAX_STEPS or e > MAX_ENSEMBLE or s * e > MAX_WORK:
+        raise SettingsError(
+            f"this demo runs at most {MAX_STEPS} steps, {MAX_ENSEMBLE} ensemble members and {MAX_WORK} steps x "
+            f"members per run (asked: {s} x {e}); the command line `python -m medconddiff segment` has no such limit"
+        )
+    return chosen
+
+
+# -- a request's files ------------------------------------------------------------------------------
+
+
+def paths(files) -> list[str]:
+    """Gradio's file value (None, a path, or a list of paths / file dicts) -> list of paths."""
+    if not files:
+        return []
+    files = files if isinstance(files, list | tuple) else [files]
+    return [f if isinstance(f, str) else (f.get("path") if isinstance(f, dict) else f.name) for f in files]
+
+
+def ordered(files: list[str], config: MedCondDiffConfig, picks: list[str | None]) -> list[str]:
+    """The files in the model's channel order: the modality pickers' choice when complete, else matched by name."""
+    n = config.image_channels
+    if not files:
+        raise InputError("no input file: upload an image or NIfTI volume, or pick an example")
+    if n == 1 or n > MAX_CHANNELS or len(files) != n:
+        return files  # load_case reports a wrong count
+    chosen = [p for p in picks[:n] if p]
+    if len(chosen) < n or any(p not in files for p in chosen):
+        return io.match_channels(files, config.channel_names)
+    if len(set(chosen)) < n:
+        names = ", ".join(config.channel_names)
+        raise InputError(f"the same file is picked for two modalities; give each of {names} its own file")
+    return chosen
+
+
+@functools.lru_cache(maxsize=2)  # the slice slider re-reads the same upload: read it once
+def _scan(files: tuple[str, ...], loaded: Loaded) -> io.Scan:
+    return load_case(list(files), loaded.config)
+
+
+def case(files, loaded: Loaded, picks: list[str | None], slice_index, truth_file) -> Case:
+    """The page's files and choices -> the slice to segment (`MedCondDiffError` for bad input)."""
+    files = ordered(paths(files), loaded.config, picks)
+    truth = paths(truth_file)
+    return read_case(
+        files,
+        loaded.config,
+        slice_index=slice_index,
+        truth=truth[0] if truth else None,
+        scan=_scan(tuple(files), loaded),
+    )
+
+
+def public(message: str) -> str:
+    """`message` with paths inside the upload cache or the scratch folder cut to the file's name.
+
+    Users know their upload by its name; the server's folder layout is nothing they need to see.
+    """
+    for folder in (get_upload_folder(), RUNS_DIR):
+        message = re.sub(re.escape(str(folder)) + r"/(?:[^\s/\"']+/)*", "", message)
+    return message
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Show the library's user-fixable errors as `gr.Error` with the library's message."""
+    try:
+        yield
+    except MedCondDiffError as err:
+        raise gr.Error(public(str(err))) from None
+
+
+@contextlib.contextmanager
+def request_folder() -> Iterator[Path]:
+    """A scratch folder for one request's output files, deleted as soon as the handler is done with it."""
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="request-", dir=RUNS_DIR) as folder:
+        yield Path(folder)
+
+
+def to_cache(component, path: Path) -> str:
+    """Copy an output file into Gradio's cache now, as Gradio would after the handler returns.
+
+    Gradio serves (and later deletes, see `delete_cache`) that copy; the caller deletes its own, so a
+    request leaves no file in the app's scratch folder.
+    """
+    return component.move_resource_to_block_cache(path)
+
+
+def preview(component, case: Case, config: MedCondDiffConfig, ct_window: str | None) -> tuple[str, str]:
+    """The slice (its ground truth drawn on) as a file in `component`'s Gradio cache, and a line saying what it is."""
+    picture = viz.slice_picture(case.image, config, kind=case.scan.kind, ct_window=ct_window, truth=case.truth)
+    with request_folder() as folder:
+        path = to_cache(component, Path(save_picture(picture, folder / "preview.png", case.scan.kind)))
+    return path, case.summary(config.channel_names)
+
+
+def save_picture(picture: np.ndarray, path: Path, kind: str) -> str:
+    """Write an (H, W, 3) array-orientation picture in display orientation (PNG, fast compression); its path."""
+    Image.fromarray(viz.fit(viz.display_orientation(picture, kind), max_side=MAX_SIDE)).save(path, compress_level=1)
+    return str(path)
+
+
+def gallery(catalogue: list[Example]) -> list[tuple[str, str]]:
+    """(thumbnail file, caption) of each example, the thumbnails written once into the scratch folder."""
+    folder, items = Path(tempfile.mkdtemp(prefix="thumbs-", dir=_runs_dir())), []
+    for i, ex in enumerate(catalogue):
+        try:
+            Image.fromarray(thumbnail(ex)).save(folder / f"example-{i}.png")
+            items.append((str(folder / f"example-{i}.png"), ex.caption))
+        except MedCondDiffError as err:  # a damaged example must not stop the app
+            print(f"warning: example {ex.caption!r} left out: {err}")
+    return items
+
+
+def paths_only(upload: gr.File) -> gr.File:
+    """`upload` hands its handler the uploaded files' paths, as `type="filepath"` does, and leaves no stray file.
+
+    gradio 6.31's `File.preprocess` also creates an empty `NamedTemporaryFile(delete=False)` in the
+    cache for every uploaded file and never uses or deletes it. A `gr.File` subclass would fix that
+    too, but Gradio writes a `.pyi` stub beside the source of every component subclass, so this
+    instance's own `preprocess` is replaced instead. File types are checked by the browser and,
+    whatever the client, by the library when it reads the file.
+    """
+
+    def preprocess(payload: ListFiles | FileData | None) -> str | list[str] | None:
+        if payload is None:
+            return None
+        found = [f.path for f in (payload.root if isinstance(payload, ListFiles) else [payload])]
+        return found[0] if upload.file_count == "single" else found
+
+    upload.preprocess = preprocess
+    return upload
+
+
+# -- one sampling run, kept per session -------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One sampling run of one slice, kept per session: the result with its trajectory, and its picture files."""
+
+    case: Case
+    config: MedCondDiffConfig
+    base: np.ndarray  # (H, W, 3) the slice's picture, array orientation
+    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="run-", dir=_runs_dir())))
+    result: Result | None = None
+    step_files: list[tuple[str, str, str]] = field(default_factory=list)  # x_t, x0-hat, change; per step
+    captions: list[str] = field(default_factory=list)
+    per_step: list[np.ndarray] = field(default_factory=list)  # (H, W) x0-hat labels of each step
+    frames: list[np.ndarray] = field(default_factory=list)  # the GIF's frames
+    gif: str | None = None
+    plot: str | None = None
+    version: int = 0  # bumped at every re-fusion: unique export names
+    _probs: np.ndarray | None = None  # (K, H, W) the last step's x0-hat probabilities
+
+    @property
+    def kind(self) -> str:
+        return self.case.scan.kind
+
+    def add_step(self, step) -> tuple[str, str, str]:
+        """Draw and save one `pipeline.SliceStep` of this run's slice; the paths of its x_t, x0-hat and change pictures."""
+        i, n = step.index, step.num_steps
+        pics = viz.StepPictures(step, self.base, prev_probs=self._probs)
+        named = {"xt": pics.noisy, "x0": pics.x0, "change": pics.change}
+        files = tuple(save_picture(p, self.folder / f"{k}-{i:03d}.png", self.kind) for k, p in named.items())
+        flipped = int((pics.labels != self.per_step[-1]).sum()) if self.per_step else None
+        self.step_files.append(files)
+        self.captions.append(viz.step_caption(i, n, step.t, step.logsnr, flipped))
+        self.frames.append(viz.caption(viz.side_by_side([pics.noisy, pics.x0]), f"step {i + 1}/{n}  t={step.t:.2f}"))
+        self.per_step.append(pics.labels)
+        self._probs = pics.probs
+        return files
+
+    def finish(self, result: Result) -> None:
+        """The sampling ended: keep the result, write the trajectory GIF and plot."""
+        self.result = result
+        frames = [viz.upscale(viz.display_orientation(f, self.kind), min_side=200) for f in self.frames]
+        self.gif = str(viz.write_gif(frames, self.folder / "trajectory.gif"))
+        plot = viz.trajectory_picture(self.per_step, self.config.class_names, self.case.truth)
+        Image.fromarray(plot).save(self.folder / "trajectory.png")
+        self.plot = str(self.folder / "trajectory.png")
+
+    def consensus_pictures(self, opacity: float, measure: str) -> tuple[str, str]:
+        """The fused mask over the slice and the uncertainty map (`measure` "agreement" or "entropy"), as files."""
+        res = self.result
+        fused = viz.overlay(self.base, res.labels, viz.class_colours(self.config.num_classes), alpha=opacity)
+        unc = 1.0 - res.agreement if measure == "agreement" else res.entropy
+        tag = f"{res.consensus}-{self.version}"
+        return (
+            save_picture(fused, self.folder / f"consensus-{tag}-{round(opacity * 100)}.png", self.kind),
+            save_picture(viz.heatmap(unc), self.folder / f"uncertainty-{tag}-{measure}.png", self.kind),
+        )
+
+    def legend(self) -> str:
+        return viz.legend_html(self.result.labels, self.config.class_names, title=self.result.consensus)
+
+    def dice_table(self) -> str:
+        if self.case.truth is None:
+            return "_Give a ground-truth mask (or pick an example) to see per-class Dice._"
+        return viz.dice_table(self.result.labels, self.case.truth, self.config.class_names)
+
+    def exports(self) -> list[str]:
+        """The fused mask as PNG (class indices, array orientation) and, for NIfTI input, a one-slice NIfTI; the GIF."""
+        name = f"mask_{self.result.consensus}_{self.version}"
+        io.write_png_labels(self.result.labels, self.folder / f"{name}.png")
+        files = [str(self.folder / f"{name}.png")]
+        if self.case.slice_affine is not None:  # the slice at its own place in the scanner's space
+            nii = self.folder / f"{name}_slice{self.case.z:03d}.nii.gz"
+            io.write_nifti_labels(self.result.labels[..., None], nii, affine=self.case.slice_affine)
+            files.append(str(nii))
+        return files + ([self.gif] if self.gif else [])
+
+
+def _runs_dir() -> Path:
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    return RUNS_DIR
+
+
+def drop_run(run) -> None:
+    """Delete a run's files (the session ended, a new run replaced it, or it stopped half-way)."""
+    if isinstance(run, Run):
+        shutil.rmtree(run.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def dropped_on_error(run: Run) -> Iterator[None]:
+    """Delete a run's files if it stops half-way (an error, or the browser went away)."""
+    try:
+        yield
+    except BaseException:
+        drop_run(run)
+        raise
+
+
+# -- serving ----------------------------------------------------------------------------------------
+
+
+def launch_kwargs(*, css: str = "", host: str | None = None, port: int | None = None) -> dict:
+    """Arguments of `demo.launch` shared by `python app.py` and the tests (upload cap, CSS, examples folder)."""
+    return {
+        "server_name": host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1",
+        "server_port": int(port or os.environ.get("GRADIO_SERVER_PORT") or 7860),
+        "max_file_size": MAX_FILE_SIZE,
+        "allowed_paths": [str(EXAMPLES_DIR)],
+        "show_error": True,
+        "css": css,
+    }
+
+
+def serve(demo: gr.Blocks, argv: list[str] | None = None, *, css: str = "", initial: str = "") -> None:
+    """The command line of `python app.py`: settle the weights policy, load the `initial` weights, launch."""
+    ap = argparse.ArgumentParser(description="MedCondDiff Gradio demo (no network needed)")
+    ap.add_argument("--host", default=None, help="address to serve on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
+    ap.add_argument(
+        "--custom-weights",
+        choices=CUSTOM_WEIGHTS_MODES,
+        default=None,
+        help="load weights other than the offered models (Hub repo ids, local folders) for the UI and API: on, off, "
+        "or auto = only when serving on a loopback address and not on a Hugging Face Space "
+        "(default: MEDCONDDIFF_CUSTOM_WEIGHTS or auto)",
+    )
+    args = ap.parse_args(argv)
+    if args.custom_weights:
+        os.environ["MEDCONDDIFF_CUSTOM_WEIGHTS"] = args.custom_weights  # the handlers read the setting from there
+    mode = custom_weights_mode()
+    if mode not in CUSTOM_WEIGHTS_MODES:
+        ap.error(f"MEDCONDDIFF_CUSTOM_WEIGHTS={mode!r} is not a mode; accepted: {', '.join(CUSTOM_WEIGHTS_MODES)}")
+    kwargs = launch_kwargs(css=css, host=args.host, port=args.port)
+    allowed = custom_weights_allowed(kwargs["server_name"])
+    print(f"custom weights (Hub repo ids, local folders): {'allowed' if allowed else 'disabled'} ({mode})")
+    try:
+        get_model(initial, kwargs["server_name"])  # load the default weights before the first request
+    except MedCondDiffError as err:
+        print(f"warning: the default weights did not load: {err}")
+    demo.launch(**kwargs)
