@@ -15,11 +15,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .errors import WeightsError
+from .errors import SettingsError, WeightsError
 
 FUSION_MODES = ("add", "concat", "none")
 MODALITIES = ("mri", "ct", "natural")
-SAMPLERS = ("ddim", "ddpm")
 
 MAX_CHANNELS = 64
 MAX_CLASSES = 256  # label maps are written as 8-bit images
@@ -127,16 +126,23 @@ class MedCondDiffConfig:
             problems.append(f"time_embed_dim must be even, between 2 and {MAX_WIDTH}, got {self.time_embed_dim}")
         if not 0 <= self.context_blocks <= 16:
             problems.append(f"context_blocks must be between 0 and 16, got {self.context_blocks}")
-        if not self.default_steps >= 1 or not self.default_ensemble >= 1:
-            problems.append("default_steps and default_ensemble must be >= 1")
         if self.fusion not in FUSION_MODES:
             problems.append(f"fusion must be one of {', '.join(FUSION_MODES)}; got {self.fusion!r}")
         if self.modality not in MODALITIES:
             problems.append(f"modality must be one of {', '.join(MODALITIES)}; got {self.modality!r}")
         if self.ct_window not in CT_WINDOWS:
             problems.append(f"ct_window must be one of {', '.join(CT_WINDOWS)}; got {self.ct_window!r}")
-        if self.default_sampler not in SAMPLERS:
-            problems.append(f"default_sampler must be one of {', '.join(SAMPLERS)}")
+        try:  # the sampling defaults obey the same rules as any other sampling settings
+            from .sampler import SamplingSettings
+
+            SamplingSettings(
+                steps=self.default_steps,
+                ensemble=self.default_ensemble,
+                sampler=self.default_sampler,
+                consensus=self.default_consensus,
+            )
+        except SettingsError as err:
+            problems.append(f"default sampling settings: {err}")
         if not (math.isfinite(self.mask_scale) and 0.01 <= self.mask_scale <= 10.0):
             problems.append(f"mask_scale must be between 0.01 and 10, got {self.mask_scale}")
         if not (

@@ -8,7 +8,6 @@ files --io.read_scan--> Scan --io.normalise--> (C, H, W) or (C, X, Y, Z)
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -18,49 +17,13 @@ import numpy as np
 import torch
 
 from . import io
-from .consensus import CONSENSUS, Consensus, fuse
+from .consensus import Consensus, fuse
 from .errors import SettingsError
-from .sampler import MAX_ENSEMBLE, MAX_STEPS, StepRecord, sample_loop, trajectory_buffer
+from .sampler import SamplingSettings, StepRecord, sample_loop, trajectory_buffer
 
 if TYPE_CHECKING:
     from .config import MedCondDiffConfig
     from .model import MedCondDiff
-
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit value; larger ones overflow inside torch
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    steps: int = 10
-    ensemble: int = 1
-    sampler: str = "ddim"
-    consensus: str = "mean_logits"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise SettingsError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
-        if not 1 <= self.ensemble <= MAX_ENSEMBLE:
-            raise SettingsError(f"ensemble must be between 1 and {MAX_ENSEMBLE}, got {self.ensemble}")
-        if self.sampler not in ("ddim", "ddpm"):
-            raise SettingsError(f"unknown sampler {self.sampler!r}; accepted: ddim, ddpm")
-        if self.consensus not in CONSENSUS:
-            raise SettingsError(f"unknown consensus {self.consensus!r}; accepted: {', '.join(CONSENSUS)}")
-        seed = self.seed
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
-            raise SettingsError(f"seed must be between 0 and {MAX_SEED} (a whole number), got {seed!r}")
-
-    @classmethod
-    def defaults_for(cls, config, **overrides) -> SamplingSettings:
-        """The model's own defaults (from its config), with any non-None overrides."""
-        base = dict(
-            steps=config.default_steps,
-            ensemble=config.default_ensemble,
-            sampler=config.default_sampler,
-            consensus=config.default_consensus,
-        )
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
 
 
 @dataclass

@@ -10,18 +10,64 @@ the previous step's 2 * softmax(logits) - 1 as input (zeros at the first step).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from .config import SAMPLERS
+from .consensus import CONSENSUS
 from .diffusion import CosineLogSNR, probs_to_x0
 from .errors import SettingsError
 
 MAX_STEPS = 1000
 MAX_ENSEMBLE = 32
+SAMPLERS = ("ddim", "ddpm")
+
+
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit value; larger ones overflow inside torch
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How to sample: the one place these settings are checked (the scheduler, the loop, the
+    command line, the app and config.json defaults all go through it)."""
+
+    steps: int = 10
+    ensemble: int = 1
+    sampler: str = "ddim"
+    consensus: str = "mean_logits"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "ensemble"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise SettingsError(f"{name} must be a whole number, got {value!r}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise SettingsError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if not 1 <= self.ensemble <= MAX_ENSEMBLE:
+            raise SettingsError(f"ensemble must be between 1 and {MAX_ENSEMBLE}, got {self.ensemble}")
+        if self.sampler not in SAMPLERS:
+            raise SettingsError(f"unknown sampler {self.sampler!r}; accepted: {', '.join(SAMPLERS)}")
+        if self.consensus not in CONSENSUS:
+            raise SettingsError(f"unknown consensus {self.consensus!r}; accepted: {', '.join(CONSENSUS)}")
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+            raise SettingsError(f"seed must be between 0 and {MAX_SEED} (a whole number), got {seed!r}")
+
+    @classmethod
+    def defaults_for(cls, config, **overrides) -> SamplingSettings:
+        """The model's own defaults (from its config), with any non-None overrides."""
+        base = dict(
+            steps=config.default_steps,
+            ensemble=config.default_ensemble,
+            sampler=config.default_sampler,
+            consensus=config.default_consensus,
+        )
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
 
 
 @dataclass
@@ -34,16 +80,14 @@ class MaskScheduler:
     """Time grid t_0 = 1 > t_1 > ... > t_{S-1} > 0 and the update from t_i to t_{i+1} (t_S = 0)."""
 
     def __init__(self, schedule: CosineLogSNR, *, kind: str = "ddim"):
-        if kind not in SAMPLERS:
-            raise SettingsError(f"unknown sampler {kind!r}; accepted: {', '.join(SAMPLERS)}")
+        SamplingSettings(sampler=kind)  # raises SettingsError naming the accepted samplers
         self.schedule = schedule
         self.kind = kind
         self.timesteps = torch.empty(0)
 
     def set_timesteps(self, num_steps: int) -> None:
         """S evenly spaced times from 1 down to 1/S; the step after the last one lands on t = 0."""
-        if not 1 <= int(num_steps) <= MAX_STEPS:
-            raise SettingsError(f"steps must be between 1 and {MAX_STEPS}, got {num_steps}")
+        SamplingSettings(steps=num_steps, sampler=self.kind)
         grid = torch.linspace(1.0, 0.0, int(num_steps) + 1, dtype=torch.float64)
         self.timesteps = grid[:-1]
         self._next = grid[1:]
@@ -168,8 +212,7 @@ def sample_loop(
     first, it returns fresh image features in place of `cond` (same shape), i.e. the backbone
     runs at every step. Returning what `cond` holds, it leaves the masks unchanged.
     """
-    if not 1 <= int(ensemble) <= MAX_ENSEMBLE:
-        raise SettingsError(f"ensemble must be between 1 and {MAX_ENSEMBLE}, got {ensemble}")
+    SamplingSettings(steps=steps, ensemble=ensemble, sampler=sampler)  # the one check of the settings
     b = cond.shape[0]
     k = model.config.num_classes
     h, w = cond.shape[-2] * 4, cond.shape[-1] * 4
