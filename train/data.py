@@ -90,9 +90,14 @@ def remap(labels: np.ndarray, label_map: dict[str, int] | None) -> np.ndarray:
 
 
 def read_labels(case: Case, data: DataSettings) -> np.ndarray | None:
-    """A case's label volume (X, Y, Z), remapped to class indices; None for an unlabelled case."""
+    """A case's label volume (X, Y, Z) or 2D mask (H, W), as class indices; None for an unlabelled case."""
     if case.labels is None:
         return None
+    if data.layout == "images":
+        mask = io.read_image(case.labels)[0]  # (H, W): the first channel of a grey or RGB mask
+        if data.mask_threshold is not None:
+            return (mask > data.mask_threshold).astype(np.int64)
+        return remap(mask, data.label_map)
     import nibabel as nib
 
     return remap(np.asarray(nib.load(str(case.labels)).dataobj), data.label_map)
@@ -100,17 +105,8 @@ def read_labels(case: Case, data: DataSettings) -> np.ndarray | None:
 
 def read_case(case: Case, data: DataSettings) -> tuple[io.Scan, np.ndarray | None]:
     """Raw scan (C, X, Y, Z) and remapped labels (X, Y, Z); for the images layout (C, H, W) and (H, W)."""
-    if data.layout != "images":
-        return io.read_nifti(case.images), read_labels(case, data)
-    scan = io.read_scan(case.images)
-    labels = None
-    if case.labels is not None:
-        mask = io.read_image(case.labels)[0]  # (H, W): the first channel of a grey or RGB mask
-        if data.mask_threshold is not None:
-            labels = (mask > data.mask_threshold).astype(np.int64)
-        else:
-            labels = remap(mask, data.label_map)
-    return scan, labels
+    scan = io.read_scan(case.images) if data.layout == "images" else io.read_nifti(case.images)
+    return scan, read_labels(case, data)
 
 
 def read_split(path: str | Path) -> dict[str, list[str]]:

@@ -129,10 +129,15 @@ def evaluate(
     batch_size: int = 8,
     brats: bool | None = None,
     cases: list[str] | None = None,
+    split: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run the pipeline on every case and compute the metrics; returns the report dict."""
+    """Run the pipeline on every case (or one part of `data.split_file`) and compute the metrics."""
     found = D.find_cases(data.root, data)
+    if split:
+        if not data.split_file:
+            raise SystemExit("--split needs a split file (data.split_file in the training config)")
+        found = D.split_cases(found, data, part=split)
     if cases:
         found = [c for c in found if c.name in cases]
     k = model.config.num_classes
@@ -155,6 +160,7 @@ def evaluate(
         "data": {
             "root": data.root,
             "layout": data.layout,
+            "split": {"file": data.split_file, "part": split} if split else None,
             "val_range_only": data.val_range if data.layout == "single" else None,
         },
         "cases": per_case,
@@ -176,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--consensus")
     ap.add_argument("--sampler")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8, help="slices per batch (the CLI's default: the same masks)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cases", nargs="*", help="only these case names")
+    ap.add_argument("--split", choices=["train", "val", "test"], help="only this part of the config's split file")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -194,7 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     data = data_settings(args, folder, model.config)
     report = evaluate(
-        model, data, settings, batch_size=args.batch_size, cases=args.cases, progress=not args.no_progress
+        model,
+        data,
+        settings,
+        batch_size=args.batch_size,
+        cases=args.cases,
+        split=args.split,
+        progress=not args.no_progress,
     )
     report["weights"] = str(args.weights or folder)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
