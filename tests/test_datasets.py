@@ -101,3 +101,19 @@ def test_photograph_augmentation_varies_colour_and_focus_within_range():
     assert blurred.diff(dim=-1).abs().mean() < 0.6 * images.diff(dim=-1).abs().mean()
     none = D.random_blur(images, D.AugmentSettings(blur_prob=0.0), g)
     assert torch.equal(none, images)
+
+
+def test_the_nnunet_layout_with_a_split_file_reads_acdc_by_patient(shared_data):
+    root = shared_data / "acdc"
+    if not root.is_dir():
+        pytest.skip("acdc not in ../shared/data")
+    from train.train import load_run_config
+
+    run = load_run_config("train/configs/acdc_demo.toml", ["model.image_size=64", f"data.root={root}"])
+    cases = D.find_cases(root, run.data)
+    train, val = D.split_cases(cases, run.data)
+    test = D.split_cases(cases, run.data, part="test")
+    assert (len(cases), len(train), len(val), len(test)) == (160, 120, 20, 20)
+    built = D.build_slices(val[:1], run.data, run.model)
+    assert built.images.shape[1:] == (1, 64, 64) and set(built.labels.unique().tolist()) <= {0, 1, 2, 3}
+    assert abs(float(built.images.float().mean())) < 0.1  # z-scored inside the foreground

@@ -161,6 +161,8 @@ def run_arm(name: str, overrides: list[str], opts: dict) -> dict:
     from . import train as T
 
     out = Path(opts["out"]) / name
+    if not opts.get("weights") and (out / "study.json").is_file() and (out / "weights" / "model.safetensors").is_file():
+        return json.loads((out / "study.json").read_text())  # measured before (a study resumed after a stop)
     common = [f"train.threads={opts['threads']}", *opts["overrides"]]
     args = ["--config", opts["config"], "--out", str(out), "--cache", str(Path(opts["out"]) / "cache")]
     args += [a for o in [*overrides, *common] for a in ("--set", o)]
