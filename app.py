@@ -342,7 +342,7 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
                     status = gr.Markdown("", elem_id="status")
 
             with gr.Group(elem_id="timestep-view"):
-                gr.Markdown("### 3. Timestep view: the noisy mask, the predicted clean mask and what changed")
+                gr.Markdown(viz.TIMESTEP_HEADER)
                 step_slider = gr.Slider(1, 2, value=1, step=1, label="Step", interactive=False, elem_id="step-slider")
                 step_label = gr.Markdown("_Run the sampler to record a trajectory._", elem_id="step-label")
                 with gr.Row():
