@@ -131,9 +131,7 @@ def run_segment(
     base = viz.slice_picture(case.image, config, kind=case.scan.kind, ct_window=window)
     run, started = server.Run(case=case, config=config, base=base), time.perf_counter()
     progress(0, desc="encoding the image")
-    sampling = iter_segment_slices(
-        loaded.model, [case.image], settings, kind=case.scan.kind, ct_window=window, keep_trajectory=True
-    )
+    sampling = iter_segment_slices(loaded.model, [case.image], settings, **case.reading(window), keep_trajectory=True)
     with server.user_errors(), server.dropped_on_error(run):
         for item in sampling:
             if isinstance(item, list):  # the last item: the results
@@ -200,12 +198,12 @@ def run_volume(files, choice, custom, ct_window, steps, sampler, ensemble, conse
         if not case.scan.is_volume:
             raise InputError("whole-volume segmentation needs a NIfTI volume; for a 2D image use Segment")
         progress(0, desc="segmenting the volume")
-        window, kind = ct_window or loaded.config.ct_window, case.scan.kind
+        window = ct_window or loaded.config.ct_window
 
         def report(done: int, total: int) -> None:
             progress((done, total), desc=f"slice {done} of {total}", unit="slices")
 
-        res = segment_volume(loaded.model, case.scan.data, settings, kind=kind, ct_window=window, progress=report)
+        res = segment_volume(loaded.model, case.scan.data, settings, **case.reading(window), progress=report)
     with server.request_folder() as folder:
         out = folder / f"mask_{settings.consensus}.nii.gz"
         io.write_nifti_labels(res.labels, out, affine=case.scan.affine, header=case.scan.header)
@@ -227,7 +225,7 @@ def segment_api(files, model: str, steps: int, ensemble: int, consensus: str, se
         loaded = get_model(model)
         settings = server.settings(loaded.config, steps, "", ensemble, consensus, seed)
         case = server.case(files, loaded, [], slice_index, None)
-        result = segment_slices(loaded.model, [case.image], settings, kind=case.scan.kind)[0]
+        result = segment_slices(loaded.model, [case.image], settings, **case.reading())[0]
     with server.request_folder() as folder:
         io.write_png_labels(result.labels, folder / "mask.png")
         mask = server.to_cache(api_mask, folder / "mask.png")

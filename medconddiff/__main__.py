@@ -121,6 +121,7 @@ def cmd_segment(args) -> int:
             settings,
             kind=scan.kind,
             ct_window=args.ct_window,
+            spacing=scan.slice_spacing,
             batch_size=args.batch_size,
             progress=not args.quiet,
         )

@@ -26,7 +26,9 @@ MAX_IMAGE_SIZE = 2048
 MAX_WIDTH = 4096
 # fields added after config.json files were first published, with the value that reproduces the
 # model those files describe
-LEGACY_DEFAULTS: Mapping[str, Any] = MappingProxyType({"mask_scale": 1.0, "self_condition": False})
+LEGACY_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {"mask_scale": 1.0, "self_condition": False, "pixel_spacing": 0.0}
+)
 _FIELD_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list}
 
 # Hounsfield windows as (level, width); "abdomen" is the usual soft-tissue abdominal window.
@@ -59,6 +61,12 @@ class MedCondDiffConfig:
     modality: str = "mri"  # picks the normalisation: mri z-score, ct window, natural [0, 1]
     ct_window: str = "abdomen"  # default window preset when modality == "ct"
     crop_foreground: bool = True  # crop to the non-zero bounding box first: more pixels on the brain
+    # millimetres per model pixel for scans whose pixel spacing is known (NIfTI): the crop is
+    # resampled so a 512 px slice at 0.7 mm and a 122 px slice at 3 mm reach the network at the same
+    # scale (the field of view is image_size x pixel_spacing mm, centred on the crop). 0 = resize the
+    # crop to fit the grid whatever its size (2D pictures always do); config.json files older than
+    # the field mean 0.
+    pixel_spacing: float = 0.0
     # --- the network
     backbone: str = "pvt_v2_b1"  # timm name; the paper's lightweight choice
     pretrained_backbone: bool = False  # fetch ImageNet weights from the Hub when building from scratch
@@ -143,6 +151,10 @@ class MedCondDiffConfig:
             )
         except SettingsError as err:
             problems.append(f"default sampling settings: {err}")
+        if not (math.isfinite(self.pixel_spacing) and (self.pixel_spacing == 0 or 0.05 <= self.pixel_spacing <= 20)):
+            problems.append(
+                f"pixel_spacing must be 0 (fit the crop) or between 0.05 and 20 mm, got {self.pixel_spacing}"
+            )
         if not (math.isfinite(self.mask_scale) and 0.01 <= self.mask_scale <= 10.0):
             problems.append(f"mask_scale must be between 0.01 and 10, got {self.mask_scale}")
         if not (

@@ -7,6 +7,7 @@ map is (H, W) or (X, Y, Z). Everything read here is float32 and finite, or an `I
 from __future__ import annotations
 
 import gzip
+import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -54,6 +55,14 @@ class Scan:
     @property
     def is_volume(self) -> bool:
         return self.data.ndim == 4
+
+    @property
+    def slice_spacing(self) -> float | None:
+        """Mean mm per pixel within a slice (its rows and columns) of a volume; None for 2D pictures."""
+        if self.kind != "nifti" or len(self.spacing) < 2:
+            return None
+        value = float(np.mean(self.spacing[:2]))
+        return value if math.isfinite(value) and value > 0 else None
 
 
 def _one_line(err: BaseException) -> str:
@@ -436,16 +445,38 @@ def foreground_box(image: np.ndarray, background: float, *, margin: int = 8) -> 
     return max(0, ys[0] - margin), min(h, ys[-1] + 1 + margin), max(0, xs[0] - margin), min(w, xs[-1] + 1 + margin)
 
 
-def plan_geometry(image: np.ndarray, config: MedCondDiffConfig) -> Geometry:
-    """Choose the crop and padding for a normalised (C, H, W) slice."""
+def plan_geometry(image: np.ndarray, config: MedCondDiffConfig, *, spacing: float | None = None) -> Geometry:
+    """Choose the crop and padding for a normalised (C, H, W) slice.
+
+    `spacing`: the slice's mm per pixel, when known. With it and a model `pixel_spacing`, the
+    padded square covers image_size x pixel_spacing mm centred on the crop (cropping a crop that
+    is wider), so the network sees every scan at one scale; otherwise the crop is fitted to the grid.
+    """
     _, h, w = image.shape
-    box = foreground_box(image, background_value(config)) if config.crop_foreground else (0, h, 0, w)
-    ch, cw = box[1] - box[0], box[3] - box[2]
-    side = max(ch, cw)
+    y0, y1, x0, x1 = foreground_box(image, background_value(config)) if config.crop_foreground else (0, h, 0, w)
+    if config.pixel_spacing > 0 and spacing is not None and math.isfinite(spacing) and spacing > 0:
+        side = max(1, round(config.image_size * config.pixel_spacing / spacing))
+        y0, y1 = _centre_window(y0, y1, side)
+        x0, x1 = _centre_window(x0, x1, side)
+    else:
+        side = max(y1 - y0, x1 - x0)
+    ch, cw = y1 - y0, x1 - x0
     top, left = (side - ch) // 2, (side - cw) // 2
     return Geometry(
-        shape=(h, w), box=box, pad=(top, side - ch - top, left, side - cw - left), side=side, size=config.image_size
+        shape=(h, w),
+        box=(y0, y1, x0, x1),
+        pad=(top, side - ch - top, left, side - cw - left),
+        side=side,
+        size=config.image_size,
     )
+
+
+def _centre_window(lo: int, hi: int, side: int) -> tuple[int, int]:
+    """Shrink [lo, hi) to at most `side` pixels about its centre."""
+    if hi - lo <= side:
+        return lo, hi
+    start = lo + (hi - lo - side) // 2
+    return start, start + side
 
 
 def to_model_grid(image: np.ndarray, geometry: Geometry, *, background: float) -> torch.Tensor:

@@ -181,17 +181,26 @@ class Prepared:
     normalised: np.ndarray  # (C, H, W) in the model's input range, on the slice's own grid
 
 
-def prepare_slice(raw: np.ndarray, config: MedCondDiffConfig, *, kind: str, ct_window: str | None = None) -> Prepared:
+def prepare_slice(
+    raw: np.ndarray,
+    config: MedCondDiffConfig,
+    *,
+    kind: str,
+    ct_window: str | None = None,
+    spacing: float | None = None,
+) -> Prepared:
     """A raw (C, H, W) slice as read (`kind` "nifti" or "image") -> `Prepared`.
 
     Normalises it (`io.normalise`), tests whether anything differs from empty space, plans the
     crop/pad/resize (`io.plan_geometry`) and, for a slice with content, resamples it onto the
     model grid (`io.to_model_grid`). `iter_segment_slices` (so the app, the CLI and the evaluation)
     and the training slice cache (`train.data.build_slices`, so training and its validation) prepare
-    slices here: a slice gets the same statistics and grid wherever it comes from.
+    slices here: a slice gets the same statistics and grid wherever it comes from. `spacing`: mm
+    per pixel of a scan's slice (`Scan.slice_spacing`), used by models with a `pixel_spacing`;
+    pictures have none.
     """
     normalised = io.normalise(raw, config, kind=kind, ct_window=ct_window)
-    geometry = io.plan_geometry(normalised, config)
+    geometry = io.plan_geometry(normalised, config, spacing=spacing if kind == "nifti" else None)
     bg = io.background_value(config)
     has_content = bool((np.abs(normalised - bg) > 1e-6).any())
     image = io.to_model_grid(normalised, geometry, background=bg) if has_content else None
@@ -276,6 +285,7 @@ def iter_segment_slices(
     *,
     kind: str,
     ct_window: str | None = None,
+    spacing: float | None = None,
     generator: torch.Generator | None = None,
     keep_trajectory: bool = False,
     channels_last: bool | None = None,
@@ -297,7 +307,7 @@ def iter_segment_slices(
     config = model.config
     device = next(model.parameters()).device
     autocast_dtype(precision)  # an unknown precision fails before any work
-    prepared = [prepare_slice(s, config, kind=kind, ct_window=ct_window) for s in slices]
+    prepared = [prepare_slice(s, config, kind=kind, ct_window=ct_window, spacing=spacing) for s in slices]
     active = [i for i, p in enumerate(prepared) if p.image is not None]
     results: list[Result | None] = [None] * len(slices)
     if generator is None:
@@ -371,6 +381,7 @@ def segment_slices(
     *,
     kind: str,
     ct_window: str | None = None,
+    spacing: float | None = None,
     generator: torch.Generator | None = None,
     keep_trajectory: bool = False,
     channels_last: bool | None = None,
@@ -384,6 +395,7 @@ def segment_slices(
         settings,
         kind=kind,
         ct_window=ct_window,
+        spacing=spacing,
         generator=generator,
         keep_trajectory=keep_trajectory,
         channels_last=channels_last,
@@ -400,6 +412,7 @@ def segment_image(
     *,
     kind: str,
     ct_window: str | None = None,
+    spacing: float | None = None,
     keep_trajectory: bool = True,
     channels_last: bool | None = None,
     precision: str = "fp32",
@@ -411,6 +424,7 @@ def segment_image(
         settings,
         kind=kind,
         ct_window=ct_window,
+        spacing=spacing,
         keep_trajectory=keep_trajectory,
         channels_last=channels_last,
         precision=precision,
@@ -431,6 +445,7 @@ def segment_volume(
     *,
     kind: str = "nifti",
     ct_window: str | None = None,
+    spacing: float | None = None,
     batch_size: int = 8,
     progress: bool | Callable[[int, int], None] = False,
     channels_last: bool | None = None,
@@ -438,8 +453,9 @@ def segment_volume(
 ) -> VolumeResult:
     """Raw (C, X, Y, Z) volume -> labels on the same grid, slice by slice along Z, batched.
 
-    One generator runs across all batches, so a seed reproduces the whole volume. `progress`
-    True shows a tqdm bar; a callable gets (slices done, total).
+    One generator runs across all batches, so a seed reproduces the whole volume. `spacing`: the
+    in-plane mm per voxel (`Scan.slice_spacing`), for models with a `pixel_spacing`. `progress` True
+    shows a tqdm bar; a callable gets (slices done, total).
     """
     _, x, y, z = volume.shape
     labels = np.zeros((x, y, z), np.int64)
@@ -459,6 +475,7 @@ def segment_volume(
             settings,
             kind=kind,
             ct_window=ct_window,
+            spacing=spacing,
             generator=generator,
             channels_last=channels_last,
             precision=precision,
@@ -502,6 +519,10 @@ class Case:
         where = f" · slice {self.z} of 0..{self.scan.data.shape[-1] - 1}" if self.z is not None else ""
         truth = " · ground truth drawn" if self.truth is not None else ""
         return f"{self.scan.kind.upper()} {shape}{where} · {names}{truth}"
+
+    def reading(self, ct_window: str | None = None) -> dict:
+        """How its slices are read, as keywords for the `segment_*` functions: kind, CT window, spacing."""
+        return {"kind": self.scan.kind, "ct_window": ct_window, "spacing": self.scan.slice_spacing}
 
     @property
     def slice_affine(self) -> np.ndarray | None:

@@ -174,7 +174,8 @@ def build_slices(cases: list[Case], data: DataSettings, config: MedCondDiffConfi
         for k, (raw, lab) in enumerate(case_slices(scan, labels, data.layout)):
             if (part == "val" and k not in held_out) or (part == "train" and k in held_out):
                 continue
-            prepared = prepare_slice(expand_grey(raw, config), config, kind=kind)  # as the pipeline prepares it
+            # as the pipeline prepares it
+            prepared = prepare_slice(expand_grey(raw, config), config, kind=kind, spacing=scan.slice_spacing)
             if prepared.image is None:
                 continue  # outside the head/body: nothing to learn
             imgs.append(prepared.image.half())

@@ -116,7 +116,13 @@ def predict_case(model, scan, settings: SamplingSettings, *, batch_size: int = 8
     or (H, W) for 2D images: the prediction `evaluate` scores, through the library's pipeline."""
     if scan.is_volume:
         return segment_volume(
-            model, scan.data, settings, kind=scan.kind, batch_size=batch_size, progress=progress
+            model,
+            scan.data,
+            settings,
+            kind=scan.kind,
+            spacing=scan.slice_spacing,
+            batch_size=batch_size,
+            progress=progress,
         ).labels
     return segment_slices(model, [scan.data], settings, kind=scan.kind)[0].labels
 

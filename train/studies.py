@@ -3,6 +3,7 @@
     python -m train.studies fusion    # paper Table 3: add vs concat vs none at equal budget
     python -m train.studies consensus --weights assets/weights/brats-demo   # consensus x steps x ensemble
     python -m train.studies steps --dataset kvasir   # training recipes: do later steps refine the mask?
+    python -m train.studies ct-scale --weights A B   # a CT model on a 3 mm and a 0.73 mm grid
 
 Both evaluate on the BraTS validation patients through the shared pipeline and write JSON + Markdown
 into runs/studies/.
@@ -23,9 +24,9 @@ from medconddiff.consensus import CONSENSUS
 from medconddiff.hub import load_model
 from medconddiff.pipeline import SamplingSettings, load_case, segment_slices
 
+from . import ct_scale, steps_study
 from . import data as D
 from . import evaluate as E
-from . import steps_study
 from . import train as T
 
 FUSION_ARMS = ("add", "concat", "none")
@@ -148,7 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--every", type=int, default=1, help="use every Nth slice of each volume (faster sweep)")
     c.add_argument("--out", default="runs/studies")
     steps_study.add_parser(sub)
+    s = sub.add_parser("ct-scale", help="CT models on the held-out slices, as stored and resampled to 0.73 mm")
+    s.add_argument("--weights", nargs="+", default=["assets/weights/abdomen-ct-demo"])
+    s.add_argument("--data", default="../shared/data/abdomen-ct")
+    s.add_argument("--out", default="runs/studies")
     args = ap.parse_args(argv)
+    if args.study == "ct-scale":
+        rows = ct_scale.run(args.weights, args.data)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ct_scale.json").write_text(json.dumps(rows, indent=2))
+        (out / "ct_scale.md").write_text(ct_scale.markdown(rows) + "\n")
+        print(ct_scale.markdown(rows))
+        return 0
     if args.study == "steps":
         steps_study.study_steps(args)
         return 0

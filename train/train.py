@@ -233,6 +233,8 @@ def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
     m = run.model
     # CACHE_VERSION changes whenever the library's normalisation or geometry changes
     key = f"v{CACHE_VERSION}_{m.modality}_{m.image_channels}ch_{m.image_size}px_crop{int(m.crop_foreground)}"
+    if m.pixel_spacing:  # resampled to mm per pixel: another grid (older caches keep their names)
+        key += f"_{m.pixel_spacing:g}mm"
     if run.data.layout == "single":
         tr = D.load_or_build(
             cache,

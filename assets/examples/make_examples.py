@@ -2,8 +2,10 @@
 
     python assets/examples/make_examples.py [--data ../shared/data]
 
-BraTS slices come from the VALIDATION patients only (the shipped model never trained on them).
-Every output is small: 8-bit PNG slices and 6-slice NIfTI slabs. Re-running gives identical files.
+BraTS slices come from the VALIDATION patients only (the shipped model never trained on them);
+Kvasir-SEG, PH2 and ACDC examples come from the TEST parts of the committed splits (train/splits/).
+Every output is small: 8-bit PNG slices, the photographs as stored, and few-slice NIfTI slabs.
+Re-running gives identical files.
 """
 
 from __future__ import annotations
@@ -107,12 +109,56 @@ def make_ct(root: Path) -> None:
     save_slab(labels, ct.affine, CT_SLAB, HERE / "ct_slab_seg.nii.gz", np.uint8)
 
 
+# the first two test cases of each committed split (train/splits/*.json): not picked by eye
+KVASIR_TEST = ["cju0roawvklrq0799vmjorwfv", "cju0s2a9ekvms080138tjjpxr"]
+PH2_TEST = ["IMD002", "IMD085"]
+ACDC_SLICES = [("patient002_frame01", 5), ("patient019_frame01", 5)]
+ACDC_SLAB = ("patient002_frame01", 3, 4)  # first slice, number of slices
+
+
+def binary_mask(path: Path) -> np.ndarray:
+    """A 0/255 (or JPEG-blurred) mask -> class indices 0 / 1."""
+    return (np.asarray(Image.open(path).convert("L")) > 127).astype(np.uint8)
+
+
+def make_photos(root: Path) -> None:
+    for name in KVASIR_TEST:
+        shutil.copyfile(root / "kvasir-seg" / "images" / f"{name}.jpg", HERE / f"kvasir_{name[:8]}.jpg")
+        save_png(binary_mask(root / "kvasir-seg" / "masks" / f"{name}.jpg"), HERE / f"kvasir_{name[:8]}_seg.png")
+    for name in PH2_TEST:
+        shutil.copyfile(root / "ph2" / "images" / f"{name}.png", HERE / f"ph2_{name}.png")
+        save_png(binary_mask(root / "ph2" / "masks" / f"{name}.png"), HERE / f"ph2_{name}_seg.png")
+
+
+def make_acdc(root: Path) -> None:
+    folder = root / "acdc"
+    for case, z in ACDC_SLICES:
+        image = np.asarray(nib.load(str(folder / "imagesTr" / f"{case}_0000.nii.gz")).dataobj)[..., z]
+        labels = np.asarray(nib.load(str(folder / "labelsTr" / f"{case}.nii.gz")).dataobj)[..., z]
+        grey = np.round(image.astype(np.float64) / 257.0)  # uint16 (x 65535 of [0, 1]) -> 8 bit
+        save_png(display(grey), HERE / f"acdc_{case[:10]}_z{z:02d}.png")
+        save_png(display(np.rint(labels)), HERE / f"acdc_{case[:10]}_z{z:02d}_seg.png")
+    case, z0, n = ACDC_SLAB
+    for src, dst, dtype in (
+        (folder / "imagesTr" / f"{case}_0000.nii.gz", f"acdc_{case[:10]}_slab.nii.gz", np.uint16),
+        (folder / "labelsTr" / f"{case}.nii.gz", f"acdc_{case[:10]}_slab_seg.nii.gz", np.uint8),
+    ):
+        vol = nib.load(str(src))
+        shift = np.eye(4)
+        shift[2, 3] = z0
+        img = nib.Nifti1Image(np.asarray(vol.dataobj)[..., z0 : z0 + n].astype(dtype), vol.affine @ shift)
+        img.set_data_dtype(dtype)
+        nib.save(img, str(HERE / dst))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = ap.parse_args()
     make_brats(args.data)
     make_ct(args.data)
+    make_photos(args.data)
+    make_acdc(args.data)
     total = sum(p.stat().st_size for p in HERE.iterdir() if p.is_file())
     print(f"wrote {HERE} ({total / 1024:.0f} KiB in all)")
 
