@@ -62,7 +62,9 @@ def data_settings(args, weights_dir: Path, config) -> D.DataSettings:
     return dataclasses.replace(data, root=str(args.data), train_cases=None, val_cases=None)
 
 
-def markdown_table(report: dict) -> str:
+def markdown_table(report: dict, *, max_cases: int = 24) -> str:
+    """The report as a Markdown table: one row per case and the mean; with more than `max_cases`
+    cases, the five with the lowest foreground Dice (the misses), then the median and the mean."""
     names = report["class_names"]
     brats = "brats" in report["mean"]
     head = ["case"] + (
@@ -85,8 +87,20 @@ def markdown_table(report: dict) -> str:
         ]
         return "| " + " | ".join(cells) + " |"
 
-    for name, m in report["cases"].items():
-        lines.append(row(name, m))
+    cases = report["cases"]
+    if len(cases) <= max_cases:
+        for name, m in cases.items():
+            lines.append(row(name, m))
+    else:
+        worst = sorted(cases, key=lambda n: cases[n]["dice_mean"]["foreground"])[:5]
+        for name in worst:
+            lines.append(row(f"{name} (among the 5 lowest)", cases[name]))
+        fg = np.array([c["dice_mean"]["foreground"] for c in cases.values()])
+        lines.append(
+            f"| **median** ({len(cases)} cases) | "
+            + " | ".join(["–"] * (len(head) - 5))
+            + f" | {np.median(fg):.3f} | – | – | – |"
+        )
     lines.append(row("**mean**", report["mean"]))
     return "\n".join(lines)
 
