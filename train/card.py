@@ -56,8 +56,8 @@ LICENCES = {
 PUBLISHED = {
     "kvasir-seg": "mean Dice per image on Kvasir-SEG's usual 100-image test split: U-Net about 0.82, PraNet about "
     "0.90, Polyp-PVT (PVT-v2 with ImageNet weights, 352 px, GPU) about 0.92",
-    "ph2": "mean Dice per image reported for PH2 by supervised CNNs is typically about 0.90-0.94 "
-    "(splits differ between papers)",
+    "ph2": "no figure exists for this split; papers on PH2 use their own splits, and supervised CNNs are "
+    "commonly reported at about 0.90 mean Dice per image or above",
     "acdc": "mean Dice over RV / MYO / LV per volume on this kind of split: fully supervised 2D U-Net about "
     "0.89-0.91, nnU-Net about 0.92",
 }
