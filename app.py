@@ -201,7 +201,7 @@ def redraw(run, opacity: float, uncertainty: str):
     return (*run.consensus_pictures(opacity, measure), run.colourbar(measure))
 
 
-@server.gpu
+@server.gpu(volume=True)
 def run_volume(files, choice, custom, ct_window, steps, sampler, ensemble, consensus, seed, m0, m1, m2, m3, truth=None, progress=gr.Progress()):  # fmt: skip
     """Segment every slice of an uploaded volume; the mask keeps the upload's shape and affine; volume Dice with truth."""
     with server.user_errors():

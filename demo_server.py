@@ -91,28 +91,31 @@ def volume_depth(files) -> int:
     found = paths(files)
     if not found or not str(found[0]).endswith(tuple(io.NIFTI_SUFFIXES)):
         return 1
+    import nibabel as nib
+
     try:
-        import nibabel as nib
-
         shape = nib.load(str(found[0])).shape
-        return int(shape[2]) if len(shape) >= 3 else 1
-    except Exception:  # noqa: BLE001 (an unreadable file fails later, with the reader's message)
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError):  # the reader reports it later, clearly
         return 1
+    return int(shape[2]) if len(shape) >= 3 else 1
 
 
-def gpu(fn):
+def gpu(fn=None, *, volume: bool = False):
     """`spaces.GPU` on Hugging Face ZeroGPU, asking for a slot sized to the request (`gpu_seconds`); else `fn`.
 
-    The duration is computed from `fn`'s own arguments named `steps`, `ensemble` and (for volume
-    runs, whose slice count comes from the upload) `files`, so every entry point gets a slot that fits it.
+    `@gpu` for one slice, `@gpu(volume=True)` for every slice of the upload. The duration is computed
+    from `fn`'s own arguments named `steps`, `ensemble` and, for volumes, `files` (the slice count,
+    read from the header), so every entry point asks for a slot that fits its request.
     """
+    if fn is None:
+        return functools.partial(gpu, volume=volume)
     if spaces is None:
         return fn
-    signature, whole_volume = inspect.signature(fn), fn.__name__ == "run_volume"
+    signature = inspect.signature(fn)
 
     def duration(*args, **kwargs) -> int:
         given = signature.bind_partial(*args, **kwargs).arguments
-        slices = volume_depth(given.get("files")) if whole_volume else 1
+        slices = volume_depth(given.get("files")) if volume else 1
         return gpu_seconds(given.get("steps"), given.get("ensemble"), slices)
 
     return spaces.GPU(fn, duration=duration)
@@ -333,7 +336,8 @@ def volume_scores(labels: np.ndarray, truth: np.ndarray | None, config: MedCondD
         return "_Give a ground-truth volume (NIfTI on the same grid) to see volume-level Dice._"
     table = viz.dice_table(labels, truth, config.class_names, unit="voxels")
     return (
-        "**Volume-level Dice** (every slice's voxels pooled, as `python -m train.evaluate` scores a case):\n\n" + table
+        "**Volume-level Dice**: each class's voxels over every slice pooled into one score, the Dice of "
+        "`python -m train.evaluate` (a class in neither volume shows –):\n\n" + table
     )
 
 
@@ -441,7 +445,7 @@ class Run:
     times: list[float] = field(default_factory=list)  # t of each step
     members: list[tuple[str, str]] = field(default_factory=list)  # (file, caption) of each member's x0-hat, E > 1
     _probs: np.ndarray | None = None  # (K, H, W) the last step's x0-hat probabilities
-    _last = None  # the last pipeline.SliceStep (its members' x0-hat)
+    _last: object = field(default=None, repr=False)  # the last pipeline.SliceStep (its members' x0-hat)
 
     @property
     def kind(self) -> str:

@@ -236,7 +236,7 @@ def test_gpu_slot_is_sized_from_each_request(app, monkeypatch):
     def run_segment(files, choice, custom, slice_index, ct_window, truth, steps, sampler, ensemble, *rest):
         return "ran"
 
-    assert server.gpu(run_volume)([str(SLAB[0])], "", "", None, 10, "", 2) == "ran"
+    assert server.gpu(volume=True)(run_volume)([str(SLAB[0])], "", "", None, 10, "", 2) == "ran"
     assert server.gpu(run_segment)([], "", "", 0, None, None, 10, "", 2) == "ran"
     assert asked == [server.gpu_seconds(10, 2, slices=6), server.gpu_seconds(10, 2)]
 
