@@ -48,7 +48,7 @@ GPU_SECONDS_MAX = 120  # the longest GPU slot one request asks ZeroGPU for
 LIMITS = (
     f"_Shared server: each run is at most {MAX_STEPS} steps, {MAX_ENSEMBLE} ensemble members and {MAX_WORK} steps × "
     f"members; a whole volume at most {MAX_VOLUME_WORK} steps × members × slices; images at most {MAX_SIDE} px a "
-    f"side. Runs queue one at a time (your place in the queue shows while you wait). The command line "
+    f"side. Runs queue, {CONCURRENCY} at a time (your place in the queue shows while you wait). The command line "
     f"`python -m medconddiff segment` has no such limits._"
 )
 
