@@ -11,14 +11,17 @@ message. API: `api_name="segment"` (files, model, steps, ensemble, consensus, se
 
 from __future__ import annotations
 
+try:  # ZeroGPU: `spaces` first, before torch or anything that imports it (demo_server, medconddiff)
+    import spaces  # noqa: F401
+except ImportError:  # off Spaces the demo runs without it
+    spaces = None
 import time
-from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
 import demo_server as server
-from medconddiff import examples, io, modelcard, viz
+from medconddiff import examples, io, modelcard, teaching, viz
 from medconddiff.config import MedCondDiffConfig
 from medconddiff.consensus import CONSENSUS
 from medconddiff.errors import InputError
@@ -38,21 +41,6 @@ def get_model(spec: str | None) -> server.Loaded:
 
 def _spec(choice: str | None, custom: str | None) -> str:
     return (custom or "").strip() or (choice or "")  # the text box (Hub id or folder) wins over the dropdown
-
-
-def _pickers(config: MedCondDiffConfig, files: list[str], order: list[str]) -> list[gr.Dropdown]:
-    """The modality pickers: shown for a multi-modal model given several files, each set to its matched file."""
-    multi, n = 1 < config.image_channels <= server.MAX_CHANNELS and len(files) > 1, config.image_channels
-    choices = [(Path(p).name, p) for p in files]
-    return [
-        gr.Dropdown(
-            choices=choices,
-            value=order[c] if multi and c < n and c < len(order) else None,
-            visible=multi and c < n,
-            label=f"file for {config.channel_names[c]}" if c < n else f"channel {c + 1}",
-        )
-        for c in range(server.MAX_CHANNELS)
-    ]
 
 
 # -- event handlers -----------------------------------------------------------------------------------
@@ -86,7 +74,7 @@ def on_files(files, choice, custom, truth, ct_window):
         loaded, found = get_model(_spec(choice, custom)), server.paths(files)
         if not found:
             hidden = [gr.Slider(visible=False, value=0), gr.Row(visible=False), None, ""]
-            return (*_pickers(loaded.config, [], []), *hidden)
+            return (*server.modality_pickers(loaded.config, [], []), *hidden)
         n = loaded.config.image_channels
         order = io.match_channels(found, loaded.config.channel_names) if len(found) == n else found
         case = server.case(order, loaded, [], -1, truth)
@@ -94,7 +82,7 @@ def on_files(files, choice, custom, truth, ct_window):
     volume = case.scan.is_volume
     depth = case.scan.data.shape[-1] if volume else 1
     slider = gr.Slider(minimum=0, maximum=max(depth - 1, 1), value=case.z or 0, step=1, visible=volume)
-    return (*_pickers(loaded.config, found, order), slider, gr.Row(visible=volume), picture, info)
+    return (*server.modality_pickers(loaded.config, found, order), slider, gr.Row(visible=volume), picture, info)
 
 
 def on_view(files, choice, custom, truth, ct_window, slice_index, m0, m1, m2, m3):
@@ -150,53 +138,78 @@ def run_segment(
         run_state: run,
         step_slider: gr.Slider(minimum=1, maximum=max(len(run.per_step), 2), value=len(run.per_step), interactive=True),
         trajectory_plot: run.plot,
+        truth_image: gr.Image(value=run.truth_picture(), visible=case.truth is not None),
+        animation: run.gif,
+        schedule_plot: run.schedule_plot(len(run.per_step)),
+        members: gr.Gallery(value=run.members or None, visible=bool(run.members)),
         consensus_image: fused,
         uncertainty_image: unc,
+        colourbar: run.colourbar(UNCERTAINTY.get(uncertainty, uncertainty)),
         legend: run.legend(),
         dice_table: run.dice_table(),
         exports: run.exports(),
         consensus2: s.consensus,
         status: f"Done: {s.steps} step(s) x {s.ensemble} member(s), {s.sampler.upper()}, consensus {s.consensus}, "
-        f"seed {s.seed}, in {time.perf_counter() - started:.1f} s on {server.DEVICE.type.upper()}.",
+        f"seed {s.seed}, in {time.perf_counter() - started:.1f} s on {server.device().type.upper()}.",
     }
 
 
 def show_step(run, step):
-    """The timestep slider moved: show that step's stored pictures."""
+    """The timestep slider moved: show that step's stored pictures, caption and place on the schedule."""
     if not isinstance(run, server.Run) or not run.step_files:
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (gr.skip(),) * 5
     i = int(np.clip(int(step) - 1, 0, len(run.step_files) - 1))
-    return (*run.step_files[i], run.captions[i])
+    return (*run.step_files[i], run.captions[i], run.schedule_plot(i + 1))
+
+
+def play(run):
+    """The play control: step the slider through the run, one step at a time."""
+    if not isinstance(run, server.Run) or not run.step_files:
+        raise gr.Error("run the sampler first: there is no trajectory to play")
+    for i in range(len(run.step_files)):
+        yield (gr.Slider(value=i + 1), *show_step(run, i + 1))
+        time.sleep(server.PLAY_SECONDS)
+
+
+def show_forward(run, t):
+    """The forward-process slider moved: q(x_t | x0) at that t, and the schedule with t marked."""
+    if not isinstance(run, server.Run) or run.result is None:
+        return None, "_Run the sampler (or pick an example and run it) to see its mask noised._", gr.skip()
+    return (*run.forward(t), run.schedule_plot(None, t_mark=float(t)))
 
 
 def refuse(run, consensus: str, opacity: float, uncertainty: str):
     """Another consensus function: fuse the stored trajectory again (no re-sampling)."""
     if not isinstance(run, server.Run) or run.result.consensus == consensus:
-        return (*(gr.skip(),) * 7, consensus)
+        return (*(gr.skip(),) * 8, consensus)
     with server.user_errors():
         run.result = run.result.refuse(consensus)
     run.version += 1
-    fused, unc = run.consensus_pictures(opacity, UNCERTAINTY.get(uncertainty, uncertainty))
+    measure = UNCERTAINTY.get(uncertainty, uncertainty)
+    fused, unc = run.consensus_pictures(opacity, measure)
     note = f"Re-fused the stored trajectory with `{consensus}` (no new sampling)."
-    return run, fused, unc, run.legend(), run.dice_table(), run.exports(), note, consensus
+    return run, fused, unc, run.legend(), run.dice_table(), run.exports(), note, run.colourbar(measure), consensus
 
 
 def redraw(run, opacity: float, uncertainty: str):
     """Opacity or uncertainty measure changed: redraw the consensus pictures."""
     if not isinstance(run, server.Run):
-        return gr.skip(), gr.skip()
-    return run.consensus_pictures(opacity, UNCERTAINTY.get(uncertainty, uncertainty))
+        return gr.skip(), gr.skip(), gr.skip()
+    measure = UNCERTAINTY.get(uncertainty, uncertainty)
+    return (*run.consensus_pictures(opacity, measure), run.colourbar(measure))
 
 
-@server.gpu
-def run_volume(files, choice, custom, ct_window, steps, sampler, ensemble, consensus, seed, m0, m1, m2, m3, progress=gr.Progress()):  # fmt: skip
-    """Segment every slice of an uploaded volume; the mask keeps the upload's shape and affine."""
+@server.gpu(volume=True)
+def run_volume(files, choice, custom, ct_window, steps, sampler, ensemble, consensus, seed, m0, m1, m2, m3, truth=None, progress=gr.Progress()):  # fmt: skip
+    """Segment every slice of an uploaded volume; the mask keeps the upload's shape and affine; volume Dice with truth."""
     with server.user_errors():
         loaded = get_model(_spec(choice, custom))
-        settings = server.settings(loaded.config, steps, SAMPLERS.get(sampler, sampler), ensemble, consensus, seed)
         case = server.case(files, loaded, [m0, m1, m2, m3], -1, None)
         if not case.scan.is_volume:
             raise InputError("whole-volume segmentation needs a NIfTI volume; for a 2D image use Segment")
+        depth, chosen = case.scan.data.shape[-1], SAMPLERS.get(sampler, sampler)
+        settings = server.settings(loaded.config, steps, chosen, ensemble, consensus, seed, slices=depth)
+        truth_volume = server.volume_truth(truth, case, loaded.config)
         progress(0, desc="segmenting the volume")
         window = ct_window or loaded.config.ct_window
 
@@ -208,7 +221,8 @@ def run_volume(files, choice, custom, ct_window, steps, sampler, ensemble, conse
         out = folder / f"mask_{settings.consensus}.nii.gz"
         io.write_nifti_labels(res.labels, out, affine=case.scan.affine, header=case.scan.header)
         path = server.to_cache(volume_file, out)
-    return path, f"Segmented all {case.scan.data.shape[-1]} slices: the mask has the upload's shape and affine."
+    scores = server.volume_scores(res.labels, truth_volume, loaded.config)
+    return path, f"Segmented all {depth} slices: the mask has the upload's shape and affine.\n\n{scores}"
 
 
 @server.gpu
@@ -244,53 +258,10 @@ def segment_api(files, model: str, steps: int, ensemble: int, consensus: str, se
 
 # -- the page ---------------------------------------------------------------------------------------
 
-CSS = """
-.mcd-small { font-size: 0.85em; opacity: 0.85; }
-.mcd-pixels img { object-fit: contain !important; image-rendering: pixelated; }  /* small scans fill the box */
-.mcd-legend { line-height: 1.9; font-size: 0.95em; }
-.mcd-swatch { display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.45em;
-              border-radius: 2px; vertical-align: -0.1em; }
-"""
-INTRO = (
-    "# MedCondDiff: diffusion segmentation you can watch\n"
-    f"A lightweight conditional diffusion model for medical image segmentation ([paper]({PAPER_URL})). "
-    "Pick an example or upload a scan, sample, then step through the denoising and compare consensus "
-    "functions. **Research demo, not for clinical use.**"
-)
-LABELS = {
-    "files": f"Image(s), one per modality: PNG/JPG or NIfTI (.nii, .nii.gz), at most {server.MAX_FILE_SIZE.upper()} each",
-    "truth": "Ground-truth mask (optional): PNG of class indices, or NIfTI on the same grid",
-    "custom": "…or a Hub repo id (owner/name[@revision]) or a local weights folder",
-    "window": "CT window (for NIfTI in Hounsfield units; PNG/JPG are taken as already windowed)",
-    "ensemble": "Ensemble members (sampled together)",
-    "exports": "mask: PNG of class indices, NIfTI slice (the upload's affine, moved to the slice); trajectory GIF",
-}
-GALLERY = {
-    "elem_id": "examples",
-    "columns": 4,
-    "height": 250,
-    "allow_preview": False,
-    "interactive": False,
-    "format": "png",
-    "buttons": [],
-}
+CSS, INTRO, LABELS, GALLERY = server.CSS, server.INTRO, server.LABELS, server.GALLERY  # the page's words
 MAX_CHANNELS = server.MAX_CHANNELS
 _INITIAL = server.default_choice()
 _CFG = server.peek_config(_INITIAL or "") or MedCondDiffConfig()
-
-
-def _upload(label: str, elem_id: str, **kwargs) -> gr.File:
-    """A file input for scans (image or NIfTI types) whose handlers get plain paths."""
-    types = [*io.IMAGE_SUFFIXES, *io.NIFTI_SUFFIXES, ".gz"]
-    return server.paths_only(gr.File(label=label, file_types=types, elem_id=elem_id, **kwargs))
-
-
-def _image(label: str, elem_id: str, *, pixels: bool = True, **kwargs) -> gr.Image:
-    """An output picture; `pixels`: a scan-sized picture, scaled to fill its box with square pixels."""
-    classes = ["mcd-pixels"] if pixels else []
-    return gr.Image(
-        label=label, type="filepath", format="png", interactive=False, elem_id=elem_id, elem_classes=classes, **kwargs
-    )
 
 
 with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
@@ -303,18 +274,18 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
                     gr.Markdown("### 1. Input")
                     gallery = gr.Gallery(server.gallery(EXAMPLES), label="Examples: click one", **GALLERY)
                     gr.Markdown(examples.attribution(), elem_classes=["mcd-small"])
-                    files = _upload(LABELS["files"], "files", file_count="multiple", height=130)
+                    files = server.upload(LABELS["files"], "files", file_count="multiple", height=130)
                     with gr.Row():
                         pickers = [gr.Dropdown(visible=False, elem_id=f"modality-{c}") for c in range(MAX_CHANNELS)]
                     slice_slider = gr.Slider(
                         0, 1, value=0, step=1, label="Slice", visible=False, elem_id="slice-slider"
                     )
-                    truth_file = _upload(LABELS["truth"], "truth", height=100)
-                    preview = _image("input slice", "preview", height=280)
+                    truth_file = server.upload(LABELS["truth"], "truth", height=100)
+                    preview = server.picture("input slice", "preview", height=280)
                     input_info = gr.Markdown("", elem_id="input-info")
                 with gr.Column(scale=2):
                     gr.Markdown("### 2. Model and sampling")
-                    model_dd = gr.Dropdown(server.model_choices(), value=_INITIAL, label="Model", elem_id="model")
+                    model_dd = gr.Dropdown(server.model_labels(), value=_INITIAL, label="Model: what each is for", elem_id="model")  # fmt: skip
                     with gr.Row(visible=False) as custom_row:  # shown on page load where custom weights are allowed
                         model_box = gr.Textbox(
                             label=LABELS["custom"], placeholder="owner/name", scale=4, elem_id="model-box"
@@ -333,29 +304,40 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
                         1, server.MAX_STEPS, value=min(_CFG.default_steps, server.MAX_STEPS), step=1, label="Steps"
                     )
                     sampler = gr.Radio(list(SAMPLERS), value="DDIM (deterministic)", label="Sampler")
-                    ensemble = gr.Slider(1, server.MAX_ENSEMBLE, value=1, step=1, label=LABELS["ensemble"])
+                    ensemble = gr.Slider(
+                        1, server.MAX_ENSEMBLE, value=1, step=1, label=LABELS["ensemble"], elem_id="ensemble"
+                    )
                     consensus = gr.Dropdown(list(CONSENSUS), value=_CFG.default_consensus, label="Consensus")
                     seed = gr.Number(0, precision=0, label="Seed")
                     run_btn = gr.Button("Segment", variant="primary", elem_id="run-btn")
+                    gr.Markdown(server.LIMITS, elem_classes=["mcd-small"], elem_id="limits")
                     status = gr.Markdown("", elem_id="status")
 
             with gr.Group(elem_id="timestep-view"):
                 gr.Markdown(viz.TIMESTEP_HEADER)
-                step_slider = gr.Slider(1, 2, value=1, step=1, label="Step", interactive=False, elem_id="step-slider")
+                with gr.Row():
+                    step_slider = gr.Slider(1, 2, value=1, step=1, label="Step", interactive=False, elem_id="step-slider", scale=5)  # fmt: skip
+                    play_btn = gr.Button("▶ Play the steps", elem_id="play-btn", scale=1)
                 step_label = gr.Markdown("_Run the sampler to record a trajectory._", elem_id="step-label")
                 with gr.Row():
-                    xt_image = _image("noisy mask x_t", "xt-img", height=300)
-                    x0_image = _image("predicted clean mask x0-hat, on the image", "x0-img", height=300)
-                    change_image = _image("change from the previous step", "change-img", height=300)
-                trajectory_plot = _image("trajectory", "trajectory-plot", pixels=False, height=290)
+                    xt_image = server.picture("noisy mask x_t", "xt-img", height=300)
+                    x0_image = server.picture("x0-hat: the model's estimate of the clean mask at this t", "x0-img", height=300)  # fmt: skip
+                    truth_image = server.picture("ground truth, drawn the same way", "truth-img", height=300, visible=False)  # fmt: skip
+                    change_image = server.picture("change from the previous step", "change-img", height=300)
+                with gr.Row():
+                    animation = server.picture("the trajectory, animated (x_t | x0-hat)", "animation", pixels=False, height=290)  # fmt: skip
+                    schedule_plot = server.picture("noise schedule, this step circled", "schedule-plot", pixels=False, height=290)  # fmt: skip
+                    trajectory_plot = server.picture("trajectory", "trajectory-plot", pixels=False, height=290)
+                members = gr.Gallery(label="ensemble members: each one's own answer (its last step's x0-hat)", elem_id="members", visible=False, **server.MEMBERS)  # fmt: skip
 
             with gr.Group(elem_id="consensus-view"):
                 gr.Markdown("### 4. Consensus view: the fused mask and where steps and members disagree")
                 with gr.Row():
-                    consensus_image = _image("fused mask on the image", "consensus-img", height=340, scale=2)
-                    uncertainty_image = _image(
-                        "uncertainty: black 0 to yellow 1", "uncertainty-img", height=340, scale=2
-                    )
+                    consensus_image = server.picture("fused mask on the image", "consensus-img", height=340, scale=2)
+                    with gr.Column(scale=2):
+                        uncertainty_image = server.picture("uncertainty map (scale below)", "uncertainty-img", height=300)  # fmt: skip
+                        colourbar = gr.HTML(elem_id="colourbar")
+                        gr.Markdown(teaching.UNCERTAINTY_DEFINITIONS, elem_classes=["mcd-small"])
                     with gr.Column(scale=2):
                         legend = gr.HTML(elem_id="legend")
                         dice_table = gr.Markdown(elem_id="dice")
@@ -375,7 +357,15 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
                 with gr.Row(visible=False) as volume_row:
                     volume_btn = gr.Button("Segment every slice of the volume", elem_id="volume-btn")
                     volume_file = gr.File(label="whole-volume mask (NIfTI, the upload's affine)", interactive=False)
-                volume_note = gr.Markdown("")
+                volume_note = gr.Markdown("", elem_id="volume-note")
+
+            with gr.Group(elem_id="forward-view"):
+                gr.Markdown(teaching.FORWARD_HEADER)
+                forward_t = gr.Slider(0, 1, value=0.5, step=0.05, label="t (0: clean, 1: noise)", elem_id="forward-t")
+                with gr.Row():
+                    forward_image = server.picture("x0 | x_t ~ q(x_t | x0)", "forward-img", height=260, scale=3)
+                    forward_schedule = server.picture("where t sits on the schedule", "forward-schedule", pixels=False, height=260, scale=2)  # fmt: skip
+                forward_label = gr.Markdown("", elem_id="forward-label")
 
         with gr.Tab("About", elem_id="about-tab"):
             about = gr.Markdown("", elem_id="about")  # filled on page load with the initial model's card
@@ -413,19 +403,24 @@ with gr.Blocks(title="MedCondDiff demo", delete_cache=(3600, 3600)) as demo:
     segment_in = [files, *model_in, slice_slider, ct_window, truth_file, *settings_in, opacity, uncertainty]
     step_views = [xt_image, x0_image, change_image]
     segment_out = [run_state, step_slider, step_label, *step_views, trajectory_plot, consensus_image, uncertainty_image]
-    segment_out += [legend, dice_table, exports, consensus2, status]
+    segment_out += [legend, dice_table, exports, consensus2, status, truth_image, animation, schedule_plot, members]
+    segment_out += [colourbar]
     sampling = {"concurrency_id": "sampling", **ui}
-    run_btn.click(run_segment, [*segment_in, run_state, *pickers], segment_out, show_progress_on=[status], **sampling)
-    shown = [*step_views, step_label]
+    forward = (show_forward, [run_state, forward_t], [forward_image, forward_label, forward_schedule])
+    run_btn.click(None, js=server.SCROLL_TO_RESULTS)  # the results are below the inputs: bring them into view
+    run_btn.click(run_segment, [*segment_in, run_state, *pickers], segment_out, show_progress_on=[status], **sampling).then(*forward, **ui)  # fmt: skip
+    shown = [*step_views, step_label, schedule_plot]
     step_slider.input(
         show_step, [run_state, step_slider], shown, trigger_mode="always_last", show_progress="hidden", **ui
     )
-    refuse_out = [run_state, consensus_image, uncertainty_image, legend, dice_table, exports, refuse_note]
+    play_btn.click(play, [run_state], [step_slider, *shown], show_progress="hidden", **ui)
+    forward_t.input(*forward, trigger_mode="always_last", show_progress="hidden", **ui)
+    refuse_out = [run_state, consensus_image, uncertainty_image, legend, dice_table, exports, refuse_note, colourbar]
     consensus.select(refuse, [run_state, consensus, opacity, uncertainty], [*refuse_out, consensus2], **ui)
     consensus2.select(refuse, [run_state, consensus2, opacity, uncertainty], [*refuse_out, consensus], **ui)
     for event, mode in ((opacity.input, "always_last"), (uncertainty.input, None)):
-        event(redraw, [run_state, opacity, uncertainty], [consensus_image, uncertainty_image], trigger_mode=mode, **ui)
-    volume_in = [files, *model_in, ct_window, *settings_in, *pickers]
+        event(redraw, [run_state, opacity, uncertainty], [*refuse_out[1:3], colourbar], trigger_mode=mode, **ui)
+    volume_in = [files, *model_in, ct_window, *settings_in, *pickers, truth_file]
     volume_btn.click(run_volume, volume_in, [volume_file, volume_note], show_progress_on=[volume_note], **sampling)
     api_btn.click(
         segment_api,

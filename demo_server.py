@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import inspect
 import ipaddress
 import os
 import re
@@ -31,7 +32,7 @@ from gradio.data_classes import FileData, ListFiles
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from medconddiff import hub, io, viz
+from medconddiff import hub, io, modelcard, teaching, viz
 from medconddiff.config import MedCondDiffConfig
 from medconddiff.errors import InputError, MedCondDiffError, SettingsError, WeightsError
 from medconddiff.examples import EXAMPLES_DIR, Example, thumbnail
@@ -39,10 +40,31 @@ from medconddiff.pipeline import Case, Result, SamplingSettings, load_case, read
 
 MAX_FILE_SIZE = "200mb"  # per upload; Gradio refuses larger files before they reach a handler
 MAX_STEPS, MAX_ENSEMBLE, MAX_WORK = 50, 8, 100  # per run: steps, members, steps x members (bounds memory)
+MAX_VOLUME_WORK = 4000  # per whole-volume run: steps x members x slices (bounds the time one user holds the queue)
 MAX_CHANNELS = 4  # modality pickers shown for multi-modal models
-MAX_SIDE = 1024  # pictures are drawn at the image's resolution, up to this side
+MAX_SIDE = 1024  # an input slice's longer side, in pixels; pictures are drawn at the image's resolution
 CONCURRENCY = int(os.environ.get("MEDCONDDIFF_CONCURRENCY", "1"))  # sampling runs at once, all users together
-DEVICE = resolve_device("auto")
+GPU_SECONDS_MAX = 120  # the longest GPU slot one request asks ZeroGPU for
+LIMITS = (
+    f"_Shared server: each run is at most {MAX_STEPS} steps, {MAX_ENSEMBLE} ensemble members and {MAX_WORK} steps × "
+    f"members; a whole volume at most {MAX_VOLUME_WORK} steps × members × slices; images at most {MAX_SIDE} px a "
+    f"side. Runs queue, {CONCURRENCY} at a time (your place in the queue shows while you wait). The command line "
+    f"`python -m medconddiff segment` has no such limits._"
+)
+
+
+@functools.cache
+def device():
+    """The device the models run on, decided at the first model load (not at import: no CUDA call then)."""
+    return resolve_device("auto")
+
+
+def __getattr__(name: str):
+    if name == "DEVICE":  # `demo_server.DEVICE`: the device, resolved lazily
+        return device()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 RUNS_DIR = Path(tempfile.gettempdir()) / "medconddiff-demo"
 CUSTOM_WEIGHTS_MODES = ("auto", "on", "off")
 CUSTOM_WEIGHTS_OFF = (
@@ -51,9 +73,52 @@ CUSTOM_WEIGHTS_OFF = (
 )
 
 
-def gpu(fn):
-    """`spaces.GPU` on Hugging Face ZeroGPU (a GPU is attached for each call); the function itself elsewhere."""
-    return spaces.GPU(fn) if spaces is not None else fn
+def gpu_seconds(steps=0, ensemble=0, slices: int = 1) -> int:
+    """The GPU slot (seconds) to ask ZeroGPU for one request: grows with steps x members x slices, capped.
+
+    A slice run also draws and saves pictures at every step (about 0.5 s a step); each denoiser call
+    of one slice takes well under 0.05 s on a GPU. Zero/None steps or members count as the cap's
+    worth of work, so a request is never given less time than it may use.
+    """
+    s = int(steps) if steps else MAX_STEPS
+    e = int(ensemble) if ensemble else MAX_ENSEMBLE
+    per_step = 0.5 if slices <= 1 else 0.0
+    return int(min(GPU_SECONDS_MAX, 15 + per_step * s + 0.05 * s * e * max(1, int(slices))))
+
+
+def volume_depth(files) -> int:
+    """The number of slices of a NIfTI upload, from its header alone (1 for 2D images or unreadable files)."""
+    found = paths(files)
+    if not found or not str(found[0]).endswith(tuple(io.NIFTI_SUFFIXES)):
+        return 1
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(found[0])).shape
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError):  # the reader reports it later, clearly
+        return 1
+    return int(shape[2]) if len(shape) >= 3 else 1
+
+
+def gpu(fn=None, *, volume: bool = False):
+    """`spaces.GPU` on Hugging Face ZeroGPU, asking for a slot sized to the request (`gpu_seconds`); else `fn`.
+
+    `@gpu` for one slice, `@gpu(volume=True)` for every slice of the upload. The duration is computed
+    from `fn`'s own arguments named `steps`, `ensemble` and, for volumes, `files` (the slice count,
+    read from the header), so every entry point asks for a slot that fits its request.
+    """
+    if fn is None:
+        return functools.partial(gpu, volume=volume)
+    if spaces is None:
+        return fn
+    signature = inspect.signature(fn)
+
+    def duration(*args, **kwargs) -> int:
+        given = signature.bind_partial(*args, **kwargs).arguments
+        slices = volume_depth(given.get("files")) if volume else 1
+        return gpu_seconds(given.get("steps"), given.get("ensemble"), slices)
+
+    return spaces.GPU(fn, duration=duration)
 
 
 # -- which weights a request may load ---------------------------------------------------------------
@@ -100,6 +165,18 @@ def model_choices() -> list[str]:
     return ([env] if env and env not in bundled else []) + bundled
 
 
+def model_labels() -> list[tuple[str, str]]:
+    """(label, value) of each offered model: what it is for, read from its config.json and model card."""
+    out = []
+    for name in model_choices():
+        try:
+            folder = hub.resolve(name)
+            out.append((modelcard.purpose(name, folder, MedCondDiffConfig.from_json(folder / hub.CONFIG_NAME)), name))
+        except MedCondDiffError:  # unreadable: still offered by name; loading it says what is wrong
+            out.append((name, name))
+    return out
+
+
 def default_choice() -> str | None:
     choices = model_choices()
     preferred = [os.environ.get("MEDCONDDIFF_WEIGHTS", "").strip(), hub.DEFAULT_WEIGHTS]
@@ -120,7 +197,7 @@ class Loaded:
 
     name: str  # what the page shows: the spec, or the default weights' spec for ""
     folder: Path
-    model: object  # medconddiff.model.MedCondDiff, on DEVICE
+    model: object  # medconddiff.model.MedCondDiff, on device()
 
     @property
     def config(self) -> MedCondDiffConfig:
@@ -132,14 +209,14 @@ class Loaded:
         return (
             f"**{self.name}** · {', '.join(c.channel_names)} · {c.modality.upper()} · {c.num_classes} classes · "
             f"{c.image_size} px · {self.model.parameter_counts()['total'] / 1e6:.1f} M parameters · "
-            f"on {DEVICE.type.upper()}"
+            f"on {device().type.upper()}"
         )
 
 
 @functools.lru_cache(maxsize=3)  # bounded: custom weights must not grow the server's memory without end
 def _load(spec: str) -> Loaded:
     folder = hub.resolve(spec)
-    return Loaded(name=spec, folder=folder, model=hub.load_folder(folder, device=DEVICE))
+    return Loaded(name=spec, folder=folder, model=hub.load_folder(folder, device=device()))
 
 
 def get_model(spec: str | None, host: str | None = None) -> Loaded:
@@ -176,8 +253,8 @@ def model_for(example: Example, host: str | None = None) -> tuple[str | None, st
     )
 
 
-def settings(config, steps, sampler, ensemble, consensus, seed) -> SamplingSettings:
-    """A request's settings (0 / "" / None = the model's default), within this demo's limits."""
+def settings(config, steps, sampler, ensemble, consensus, seed, *, slices: int = 1) -> SamplingSettings:
+    """A request's settings (0 / "" / None = the model's default), within this demo's limits (`slices`: a volume's)."""
     chosen = SamplingSettings.defaults_for(
         config,
         steps=int(steps) if steps else None,
@@ -191,6 +268,12 @@ def settings(config, steps, sampler, ensemble, consensus, seed) -> SamplingSetti
         raise SettingsError(
             f"this demo runs at most {MAX_STEPS} steps, {MAX_ENSEMBLE} ensemble members and {MAX_WORK} steps x "
             f"members per run (asked: {s} x {e}); the command line `python -m medconddiff segment` has no such limit"
+        )
+    if s * e * slices > MAX_VOLUME_WORK:
+        raise SettingsError(
+            f"this demo segments a volume with at most {MAX_VOLUME_WORK} steps x members x slices (asked: {s} x {e} x "
+            f"{slices} = {s * e * slices}); use fewer steps or members, or the command line "
+            "`python -m medconddiff segment`, which has no such limit"
         )
     return chosen
 
@@ -230,13 +313,31 @@ def _scan(files: tuple[str, ...], loaded: Loaded) -> io.Scan:
 def case(files, loaded: Loaded, picks: list[str | None], slice_index, truth_file) -> Case:
     """The page's files and choices -> the slice to segment (`MedCondDiffError` for bad input)."""
     files = ordered(paths(files), loaded.config, picks)
-    truth = paths(truth_file)
-    return read_case(
-        files,
-        loaded.config,
-        slice_index=slice_index,
-        truth=truth[0] if truth else None,
-        scan=_scan(tuple(files), loaded),
+    truth, scan = paths(truth_file), _scan(tuple(files), loaded)
+    if max(scan.data.shape[1:3]) > MAX_SIDE:
+        raise InputError(
+            f"{Path(files[0]).name}: {'x'.join(map(str, scan.data.shape[1:3]))} pixels a slice is larger than this "
+            f"demo takes; accepted: at most {MAX_SIDE} px a side (the command line has no such limit)"
+        )
+    return read_case(files, loaded.config, slice_index=slice_index, truth=truth[0] if truth else None, scan=scan)
+
+
+def volume_truth(truth_file, case: Case, config: MedCondDiffConfig) -> np.ndarray | None:
+    """The ground-truth label volume (X, Y, Z) given with a volume run, on the scan's grid; None without one."""
+    found = paths(truth_file)
+    if not found:
+        return None
+    return io.read_labels(found[0], shape=case.scan.data.shape[1:], num_classes=config.num_classes)
+
+
+def volume_scores(labels: np.ndarray, truth: np.ndarray | None, config: MedCondDiffConfig) -> str:
+    """Markdown: volume-level Dice per class (and BraTS region), all slices pooled; a hint without truth."""
+    if truth is None:
+        return "_Give a ground-truth volume (NIfTI on the same grid) to see volume-level Dice._"
+    table = viz.dice_table(labels, truth, config.class_names, unit="voxels")
+    return (
+        "**Volume-level Dice**: each class's voxels over every slice pooled into one score, the Dice of "
+        "`python -m train.evaluate` (a class in neither volume shows –):\n\n" + table
     )
 
 
@@ -341,7 +442,10 @@ class Run:
     gif: str | None = None
     plot: str | None = None
     version: int = 0  # bumped at every re-fusion: unique export names
+    times: list[float] = field(default_factory=list)  # t of each step
+    members: list[tuple[str, str]] = field(default_factory=list)  # (file, caption) of each member's x0-hat, E > 1
     _probs: np.ndarray | None = None  # (K, H, W) the last step's x0-hat probabilities
+    _last: object = field(default=None, repr=False)  # the last pipeline.SliceStep (its members' x0-hat)
 
     @property
     def kind(self) -> str:
@@ -358,7 +462,8 @@ class Run:
         self.captions.append(viz.step_caption(i, n, step.t, step.logsnr, flipped))
         self.frames.append(viz.caption(viz.side_by_side([pics.noisy, pics.x0]), f"step {i + 1}/{n}  t={step.t:.2f}"))
         self.per_step.append(pics.labels)
-        self._probs = pics.probs
+        self.times.append(float(step.t))
+        self._probs, self._last = pics.probs, step
         return files
 
     def finish(self, result: Result) -> None:
@@ -369,17 +474,58 @@ class Run:
         plot = viz.trajectory_picture(self.per_step, self.config.class_names, self.case.truth)
         Image.fromarray(plot).save(self.folder / "trajectory.png")
         self.plot = str(self.folder / "trajectory.png")
+        if self._last is not None and self._last.logits.shape[0] > 1:
+            pictures = teaching.member_pictures(self._last, self.base)
+            self.members = [
+                (save_picture(p, self.folder / f"member-{e}.png", self.kind), f"member {e + 1}")
+                for e, p in enumerate(pictures)
+            ]
+        self._last = None  # the step's tensors are not needed any more
+
+    def truth_picture(self) -> str | None:
+        """The ground truth over the slice, drawn like x0-hat beside it (None without truth)."""
+        if self.case.truth is None:
+            return None
+        picture = viz.overlay(self.base, self.case.truth, viz.class_colours(self.config.num_classes), alpha=0.55)
+        return save_picture(picture, self.folder / "truth.png", self.kind)
+
+    def schedule_plot(self, step: int | None = None, t_mark: float | None = None) -> str:
+        """The noise schedule with this run's timesteps, step `step` (1-based) highlighted, as a file."""
+        name = f"schedule-{step or 0}-{'' if t_mark is None else round(t_mark * 100)}.png"
+        if not (self.folder / name).is_file():
+            current = None if step is None else int(step) - 1
+            picture = teaching.schedule_picture(self.config, self.times, current=current, t_mark=t_mark)
+            Image.fromarray(picture).save(self.folder / name)
+        return str(self.folder / name)
+
+    def forward(self, t: float) -> tuple[str, str]:
+        """q(x_t | x0) at t for the ground truth (else the fused mask), as a file, and its caption."""
+        source = self.case.truth if self.case.truth is not None else self.result.labels
+        picture, text = teaching.forward_picture(source, float(t), self.config, kind=self.kind)
+        what = "the ground truth" if self.case.truth is not None else "the fused mask (no ground truth given)"
+        path = save_picture(picture, self.folder / f"forward-{round(float(t) * 1000)}.png", "image")
+        return path, f"Noising {what}. {text}"
 
     def consensus_pictures(self, opacity: float, measure: str) -> tuple[str, str]:
         """The fused mask over the slice and the uncertainty map (`measure` "agreement" or "entropy"), as files."""
         res = self.result
         fused = viz.overlay(self.base, res.labels, viz.class_colours(self.config.num_classes), alpha=opacity)
-        unc = 1.0 - res.agreement if measure == "agreement" else res.entropy
+        picture, _ = teaching.uncertainty_picture(self.uncertainty(measure), self.base)
         tag = f"{res.consensus}-{self.version}"
         return (
             save_picture(fused, self.folder / f"consensus-{tag}-{round(opacity * 100)}.png", self.kind),
-            save_picture(viz.heatmap(unc), self.folder / f"uncertainty-{tag}-{measure}.png", self.kind),
+            save_picture(picture, self.folder / f"uncertainty-{tag}-{measure}.png", self.kind),
         )
+
+    def uncertainty(self, measure: str) -> np.ndarray:
+        """(H, W) disagreement (1 - agreement) or normalised entropy, in [0, 1]."""
+        return 1.0 - self.result.agreement if measure == "agreement" else self.result.entropy
+
+    def colourbar(self, measure: str) -> str:
+        """The uncertainty map's colour bar and scale, and the definitions of both measures."""
+        name = "disagreement" if measure == "agreement" else "entropy"
+        bar = teaching.colourbar_html(teaching.nice_scale(self.uncertainty(measure)), name)
+        return bar
 
     def legend(self) -> str:
         return viz.legend_html(self.result.labels, self.config.class_names, title=self.result.consensus)
@@ -420,6 +566,78 @@ def dropped_on_error(run: Run) -> Iterator[None]:
     except BaseException:
         drop_run(run)
         raise
+
+
+# -- the page's words and styles --------------------------------------------------------------------
+
+CSS = """
+.mcd-small { font-size: 0.85em; opacity: 0.85; }
+.mcd-pixels img { object-fit: contain !important; image-rendering: pixelated; }  /* small scans fill the box */
+.mcd-legend { line-height: 1.9; font-size: 0.95em; }
+.mcd-swatch { display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.45em;
+              border-radius: 2px; vertical-align: -0.1em; }
+.mcd-cbar { margin: 0.3em 0 0.2em; font-size: 0.85em; }
+.mcd-cbar-ramp { height: 14px; border-radius: 2px; border: 1px solid #8884; }
+.mcd-cbar-ticks { display: flex; justify-content: space-between; }
+"""
+# after a run starts, bring the results into view (they are below the inputs)
+SCROLL_TO_RESULTS = "() => { document.getElementById('timestep-view')?.scrollIntoView({block: 'start'}); }"
+PLAY_SECONDS = 0.6  # the play control's time per step
+INTRO = (
+    "# MedCondDiff: diffusion segmentation you can watch\n"
+    f"A lightweight conditional diffusion model for medical image segmentation ([paper]({modelcard.PAPER_URL})). "
+    "Pick an example or upload a scan, sample, then step through the denoising and compare consensus "
+    "functions. **Research demo, not for clinical use.**"
+)
+LABELS = {
+    "files": f"Image(s), one per modality: PNG/JPG or NIfTI (.nii, .nii.gz), at most {MAX_FILE_SIZE.upper()} each",
+    "truth": "Ground-truth mask (optional): PNG of class indices, or NIfTI on the same grid",
+    "custom": "…or a Hub repo id (owner/name[@revision]) or a local weights folder",
+    "window": "CT window (for NIfTI in Hounsfield units; PNG/JPG are taken as already windowed)",
+    "ensemble": "Ensemble members (sampled together)",
+    "exports": "mask: PNG of class indices, NIfTI slice (the upload's affine, moved to the slice); trajectory GIF",
+}
+MEMBERS = {"columns": 4, "height": 260, "allow_preview": False, "interactive": False, "format": "png", "buttons": []}
+GALLERY = {
+    "elem_id": "examples",
+    "columns": 4,
+    "height": 250,
+    "allow_preview": False,
+    "interactive": False,
+    "format": "png",
+    "buttons": [],
+}
+
+# -- components the page builds from ------------------------------------------------------------
+
+
+def modality_pickers(config: MedCondDiffConfig, files: list[str], order: list[str]) -> list[gr.Dropdown]:
+    """The modality pickers: shown for a multi-modal model given several files, each set to its matched file."""
+    multi, n = 1 < config.image_channels <= MAX_CHANNELS and len(files) > 1, config.image_channels
+    choices = [(Path(p).name, p) for p in files]
+    return [
+        gr.Dropdown(
+            choices=choices,
+            value=order[c] if multi and c < n and c < len(order) else None,
+            visible=multi and c < n,
+            label=f"file for {config.channel_names[c]}" if c < n else f"channel {c + 1}",
+        )
+        for c in range(MAX_CHANNELS)
+    ]
+
+
+def upload(label: str, elem_id: str, **kwargs) -> gr.File:
+    """A file input for scans (image or NIfTI types) whose handlers get plain paths."""
+    types = [*io.IMAGE_SUFFIXES, *io.NIFTI_SUFFIXES, ".gz"]
+    return paths_only(gr.File(label=label, file_types=types, elem_id=elem_id, **kwargs))
+
+
+def picture(label: str, elem_id: str, *, pixels: bool = True, **kwargs) -> gr.Image:
+    """An output picture; `pixels`: a scan-sized picture, scaled to fill its box with square pixels."""
+    classes = ["mcd-pixels"] if pixels else []
+    return gr.Image(
+        label=label, type="filepath", format="png", interactive=False, elem_id=elem_id, elem_classes=classes, **kwargs
+    )
 
 
 # -- serving ----------------------------------------------------------------------------------------

@@ -85,6 +85,53 @@ def brats_regions(
     return out
 
 
+def regions_for(class_names: list[str]) -> dict[str, tuple[int, ...]]:
+    """The BraTS regions (WT/TC/ET, as `BRATS_REGIONS`) when the classes are the BraTS labels 0..4, else {}.
+
+    Read from the model's class names, so any model trained on BraTS labels gets them: five classes,
+    class 2 oedema and class 4 enhancing tumour (the order `BRATS_REGIONS` assumes).
+    """
+    names = [n.lower() for n in class_names]
+    brats = len(names) == 5 and "edema" in names[2].replace("oe", "e") and names[4].startswith("enhancing")
+    return dict(BRATS_REGIONS) if brats else {}
+
+
+def present_dice(pred: np.ndarray, truth: np.ndarray) -> float | None:
+    """`dice` of two boolean masks, or None where both are empty (nothing to score, rather than a perfect 1.0)."""
+    if not pred.any() and not truth.any():
+        return None
+    return dice(pred, truth)
+
+
+def scored(pred: np.ndarray, truth: np.ndarray, class_names: list[str]) -> dict:
+    """Label maps of any dimension -> what a person should read off them, with the same Dice as `dice`.
+
+    {"classes": [(name, dice or None, predicted voxels, truth voxels), ...] for classes 1..K-1,
+     "regions": [(name, dice or None), ...] (`regions_for`), "mean": the mean over the foreground
+     classes present in prediction or truth (None when none is), "absent": how many were left out}.
+    A class in neither map scores None: `dice` would call it 1.0, which says nothing about the model.
+    """
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
+    k = len(class_names)
+    pred_px = np.bincount(pred.ravel().astype(np.int64), minlength=k)
+    true_px = np.bincount(truth.ravel().astype(np.int64), minlength=k)
+    classes = [
+        (class_names[c], present_dice(pred == c, truth == c), int(pred_px[c]), int(true_px[c])) for c in range(1, k)
+    ]
+    regions = [
+        (name, present_dice(np.isin(pred, labels), np.isin(truth, labels)))
+        for name, labels in regions_for(class_names).items()
+    ]
+    defined = [d for _, d, _, _ in classes if d is not None]
+    return {
+        "classes": classes,
+        "regions": regions,
+        "mean": float(np.mean(defined)) if defined else None,
+        "absent": len(classes) - len(defined),
+    }
+
+
 def nanmean(values: list[float]) -> tuple[float, int]:
     """Mean over the finite values and how many were skipped as undefined (NaN)."""
     finite = [v for v in values if not math.isnan(v)]

@@ -274,7 +274,8 @@ class StepPictures:
 
 TIMESTEP_HEADER = (
     "### 3. Timestep view: the noisy mask, the predicted clean mask and what changed\n"
-    "At each step the network looks at the noisy mask x_t and predicts the clean mask x0-hat; the next "
+    "At each step the network looks at the noisy mask x_t and predicts the clean mask: each step's output "
+    "(the middle picture) is that estimate, x0-hat, made at the step's t; the next "
     "x_t mixes that prediction back in with less noise. The output of the last step is its x0-hat, so "
     "its t is still above 0. With the shipped models x0-hat is almost final after the first step (well "
     "under 1 % of pixels change per step on brain MRI; the steps study in the README measured that no "
@@ -287,7 +288,14 @@ def step_caption(index: int, num_steps: int, t: float, logsnr: float, flipped: i
     """A Markdown line naming a step, its time and noise level, and how many pixels changed class."""
     signal = 1.0 / (1.0 + np.exp(-logsnr))  # alpha_t^2: the share of signal in x_t's variance
     text = f"**Step {index + 1} / {num_steps}** · t = {t:.3f} · log-SNR = {logsnr:+.2f} (signal fraction α² = {signal:.3f})"
-    return text + (f" · {flipped} pixel(s) changed class" if flipped is not None else " · first step")
+    text += f" · {flipped} pixel(s) changed class" if flipped is not None else " · first step"
+    if index == num_steps - 1:
+        text += (
+            f"\n\nThe last step's output is its x0-hat: the network's estimate of the clean mask, made from x_t at "
+            f"t = {t:.3f} (the update to t = 0 only keeps that estimate). Every step's picture in the middle is such "
+            "an estimate at that step's t."
+        )
+    return text
 
 
 def trajectory_picture(
@@ -298,7 +306,8 @@ def trajectory_picture(
 
     k, colours = len(class_names), class_colours(len(class_names))
     if truth is not None:
-        values = np.array([metrics.per_class(lab, truth, k)["dice"] for lab in per_step])
+        scores = [[metrics.present_dice(lab == c, truth == c) for c in range(k)] for lab in per_step]
+        values = np.array([[np.nan if d is None else d for d in row] for row in scores])  # absent: no point
         return figure_to_rgb(
             trajectory_figure(
                 values, class_names, ylabel="Dice", title="Dice of x0-hat to the ground truth", colours=colours
@@ -310,16 +319,34 @@ def trajectory_picture(
     )
 
 
-def dice_table(labels: np.ndarray, truth: np.ndarray, class_names: list[str]) -> str:
-    """A Markdown table of per-class Dice and pixel counts of `labels` against `truth`, with the foreground mean."""
+NOT_SCORED = "–"  # a class in neither the prediction nor the truth: no Dice, left out of the mean
+
+
+def dice_table(labels: np.ndarray, truth: np.ndarray, class_names: list[str], *, unit: str = "px") -> str:
+    """A Markdown table of Dice per class (and per BraTS region for BraTS models) of `labels` against `truth`.
+
+    Any shape (a slice or a whole volume); the scores are `metrics.scored`'s: a class in neither map
+    shows NOT_SCORED and is left out of the foreground mean, which the last rows say.
+    """
     from . import metrics
 
-    k = len(class_names)
-    scores = metrics.per_class(labels, truth, k)["dice"]
-    pred, true = class_areas(labels, k), class_areas(truth, k)
-    lines = ["| class | Dice | px | truth px |", "|---|---|---|---|"]
-    lines += [f"| {class_names[c]} | {scores[c]:.3f} | {pred[c]} | {true[c]} |" for c in range(1, k)]
-    lines.append(f"| **mean (foreground)** | **{metrics.averages(scores)['foreground']:.3f}** | | |")
+    s = metrics.scored(labels, truth, class_names)
+
+    def fmt(d: float | None) -> str:
+        return NOT_SCORED if d is None else f"{d:.3f}"
+
+    lines = [f"| class | Dice | {unit} | truth {unit} |", "|---|---|---|---|"]
+    lines += [f"| {name} | {fmt(d)} | {p} | {t} |" for name, d, p, t in s["classes"]]
+    lines.append(f"| **mean (foreground)** | **{fmt(s['mean'])}** | | |")
+    if s["regions"]:
+        lines += ["", "| BraTS region | Dice |", "|---|---|"]
+        lines += [f"| {name} | {fmt(d)} |" for name, d in s["regions"]]
+        lines.append("\nWT whole tumour (classes 1-4), TC tumour core (1, 3, 4), ET enhancing tumour (4).")
+    if s["absent"]:
+        lines.append(
+            f"\n{NOT_SCORED}: in neither the prediction nor the truth (nothing to score); "
+            f"left out of the mean ({s['absent']} class(es))."
+        )
     return "\n".join(lines)
 
 
