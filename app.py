@@ -282,8 +282,8 @@ _CFG = server.peek_config(_INITIAL or "") or MedCondDiffConfig()
 
 
 def _upload(label: str, elem_id: str, **kwargs) -> gr.File:
-    """A file input for scans (image or NIfTI types) whose handlers get plain paths."""
-    types = [*io.IMAGE_SUFFIXES, *io.NIFTI_SUFFIXES, ".gz"]
+    """A file input for scans (images, NIfTI, DICOM zips or files) whose handlers get plain paths."""
+    types = list(io.UPLOAD_SUFFIXES)
     return server.paths_only(gr.File(label=label, file_types=types, elem_id=elem_id, **kwargs))
 
 
