@@ -260,7 +260,7 @@ INTRO = (
     "functions. **Research demo, not for clinical use.**"
 )
 LABELS = {
-    "files": f"Image(s), one per modality: PNG/JPG or NIfTI (.nii, .nii.gz), at most {server.MAX_FILE_SIZE.upper()} each",
+    "files": f"Image(s), one per modality: PNG/JPG, NIfTI (.nii, .nii.gz) or a DICOM series (.zip, .dcm), at most {server.MAX_FILE_SIZE.upper()} each",
     "truth": "Ground-truth mask (optional): PNG of class indices, or NIfTI on the same grid",
     "custom": "…or a Hub repo id (owner/name[@revision]) or a local weights folder",
     "window": "CT window (for NIfTI in Hounsfield units; PNG/JPG are taken as already windowed)",

@@ -231,18 +231,31 @@ def _floats(ds, keyword: str, n: int, name: str) -> np.ndarray:
     return arr
 
 
+def _decoder_available(syntax) -> bool:
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(syntax).is_available)
+    except (ImportError, NotImplementedError, ValueError, KeyError):
+        return False
+
+
 def _pixels(ds, name: str) -> np.ndarray:
     """(rows, cols) float32 in modality units (the rescale applied)."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_compressed and not _decoder_available(syntax):
+        raise InputError(
+            f"{name}: pixel data is compressed as {syntax.name!r} and no installed decoder reads it; install one "
+            "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) or give uncompressed DICOM"
+        )
     try:
         arr = ds.pixel_array
-    except (NotImplementedError, RuntimeError, ValueError, AttributeError, TypeError, KeyError) as err:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        if syntax is not None and syntax.is_compressed:
-            raise InputError(
-                f"{name}: pixel data is compressed as {syntax.name!r} and no installed decoder reads it; "
-                "install one (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) or give uncompressed DICOM"
-            ) from None
-        raise InputError(f"{name}: cannot decode the pixel data ({type(err).__name__}); {ACCEPTED}") from None
+    except Exception as err:  # noqa: BLE001 - decoders raise many types on broken pixel data
+        what = f"{syntax.name} " if syntax is not None else ""
+        raise InputError(
+            f"{name}: cannot decode the {what}pixel data ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
+            f"{ACCEPTED}"
+        ) from None
     if arr.ndim != 2:
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         what = f"{frames} frames in one file (enhanced/multi-frame)" if frames > 1 else f"pixel array {arr.shape}"
