@@ -117,3 +117,72 @@ def test_cli_segments_a_dicom_zip_onto_the_series_grid(tmp_path, ct_weights, cap
     assert mask.shape == (40, 36, 6)
     np.testing.assert_allclose(mask.affine, OBLIQUE, atol=1e-4)
     assert capsys.readouterr().out.startswith(f"wrote {out}")
+
+
+# -- real files: the small test files that ship inside pydicom (scanner output, not written by us) ---------------
+
+
+def _pydicom_file(name: str):
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} is not among pydicom's bundled test files")
+    return path
+
+
+def test_a_real_ct_slice_follows_the_standards_pixel_to_patient_mapping():
+    """DICOM PS3.3 C.7.6.2.1.1: P = IPP + column * dc * X + row * dr * Y (LPS); nibabel's RAS negates x and y."""
+    import pydicom
+
+    path = _pydicom_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    scan = io.read_scan([path])
+    assert scan.data.shape == (1, ds.Columns, ds.Rows, 1)
+    x, y = np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float)
+    dr, dc = (float(v) for v in ds.PixelSpacing)
+    for row, col in ((0, 0), (7, 5), (100, 31)):
+        lps = np.array(ds.ImagePositionPatient, float) + col * dc * x + row * dr * y
+        np.testing.assert_allclose(nib.affines.apply_affine(scan.affine, [col, row, 0]), lps * [-1, -1, 1], atol=1e-6)
+        hu = float(ds.pixel_array[row, col]) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        assert scan.data[0, col, row, 0] == hu
+    assert scan.data.min() < -800  # air in Hounsfield units: the rescale is applied
+
+
+@pytest.mark.parametrize(
+    "name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm"]
+)
+def test_real_mr_encodings_give_the_same_voxels(name):
+    from pydicom.uid import JPEG2000Lossless
+
+    from medconddiff.dicom import _decoder_available
+
+    if "jp2k" in name and not _decoder_available(JPEG2000Lossless):
+        pytest.skip("no JPEG 2000 decoder installed")
+    reference = io.read_scan([_pydicom_file("MR_small.dcm")])
+    scan = io.read_scan([_pydicom_file(name)])
+    np.testing.assert_array_equal(scan.data, reference.data)
+    np.testing.assert_allclose(scan.affine, reference.affine)
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("rtstruct.dcm", "is an RTSTRUCT (contours), not an image series"),
+        ("rtdose.dcm", "is an RTDOSE (dose grid), not an image series"),
+        ("liver_1frame.dcm", "is a DICOM SEG (segmentation), not an image series"),
+        ("reportsi.dcm", "is a report, not an image series"),
+        ("MR_truncated.dcm", "cannot decode the Explicit VR Little Endian pixel data"),
+        ("MR_small_jpeg_ls_lossless.dcm", "compressed as 'JPEG-LS Lossless Image Compression'"),
+    ],
+)
+def test_real_files_that_are_not_usable_images(name, fragment):
+    from pydicom.uid import JPEGLSLossless
+
+    from medconddiff.dicom import _decoder_available
+
+    if "jpeg_ls" in name and _decoder_available(JPEGLSLossless):
+        pytest.skip("a JPEG-LS decoder is installed here")
+    with pytest.raises(InputError) as info:
+        io.read_scan([_pydicom_file(name)])
+    assert fragment in str(info.value) and "\n" not in str(info.value)
