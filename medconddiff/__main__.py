@@ -1,7 +1,9 @@
-"""Command line: `python -m medconddiff segment ...` and `python -m medconddiff info`.
+"""Command line: `python -m medconddiff segment ...` and `python -m medconddiff info` (installed: `medconddiff ...`).
 
 Any problem with the user's input, weights or settings exits with code 2 and one line on stderr
-saying what was wrong and what is accepted; never a traceback.
+saying what was wrong and what is accepted; never a traceback. `segment -i IN_DIR -o OUT_DIR` goes
+on past a bad case (a line on stderr, a row in summary.csv) and exits with 2 only when no case could
+be segmented.
 """
 
 from __future__ import annotations
