@@ -122,14 +122,18 @@ def _parse(name: str, source) -> object | None:
         fp = _bytes_io.BytesIO(raw) if raw is not None else str(source)
         return pydicom.dcmread(fp)
     except InvalidDicomError:
-        head = raw[:2] if raw is not None else Path(source).read_bytes()[:2]
+        if raw is not None:
+            head = raw[:2]
+        else:
+            with open(source, "rb") as f:
+                head = f.read(2)
         if head not in (b"\x08\x00", b"\x02\x00"):  # a DICOM stream without preamble starts at group 0008/0002
             return None
         try:
             return pydicom.dcmread(_bytes_io.BytesIO(raw) if raw is not None else str(source), force=True)
         except Exception:  # noqa: BLE001 - pydicom raises many types on garbage; that just means "not DICOM"
             return None
-    except (OSError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError):
+    except Exception:  # noqa: BLE001 - a damaged file raises anything from struct to codecs errors: not a usable slice
         return None
 
 
