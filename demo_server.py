@@ -590,7 +590,7 @@ INTRO = (
     "functions. **Research demo, not for clinical use.**"
 )
 LABELS = {
-    "files": f"Image(s), one per modality: PNG/JPG or NIfTI (.nii, .nii.gz), at most {MAX_FILE_SIZE.upper()} each",
+    "files": f"Image(s), one per modality: PNG/JPG, NIfTI (.nii, .nii.gz) or a DICOM series (.zip, .dcm), at most {MAX_FILE_SIZE.upper()} each",
     "truth": "Ground-truth mask (optional): PNG of class indices, or NIfTI on the same grid",
     "custom": "…or a Hub repo id (owner/name[@revision]) or a local weights folder",
     "window": "CT window (for NIfTI in Hounsfield units; PNG/JPG are taken as already windowed)",
@@ -627,8 +627,8 @@ def modality_pickers(config: MedCondDiffConfig, files: list[str], order: list[st
 
 
 def upload(label: str, elem_id: str, **kwargs) -> gr.File:
-    """A file input for scans (image or NIfTI types) whose handlers get plain paths."""
-    types = [*io.IMAGE_SUFFIXES, *io.NIFTI_SUFFIXES, ".gz"]
+    """A file input for scans (images, NIfTI, DICOM zips or files) whose handlers get plain paths."""
+    types = list(io.UPLOAD_SUFFIXES)
     return paths_only(gr.File(label=label, file_types=types, elem_id=elem_id, **kwargs))
 
 

@@ -1,7 +1,9 @@
-"""Command line: `python -m medconddiff segment ...` and `python -m medconddiff info`.
+"""Command line: `python -m medconddiff segment ...` and `python -m medconddiff info` (installed: `medconddiff ...`).
 
 Any problem with the user's input, weights or settings exits with code 2 and one line on stderr
-saying what was wrong and what is accepted; never a traceback.
+saying what was wrong and what is accepted; never a traceback. `segment -i IN_DIR -o OUT_DIR` goes
+on past a bad case (a line on stderr, a row in summary.csv) and exits with 2 only when no case could
+be segmented.
 """
 
 from __future__ import annotations
@@ -21,22 +23,25 @@ def _build_parser() -> argparse.ArgumentParser:
     from .io import CT_WINDOWS
     from .sampler import SAMPLERS
 
-    ap = argparse.ArgumentParser(
-        prog="python -m medconddiff", description="MedCondDiff: diffusion segmentation of medical images."
-    )
+    prog = "medconddiff" if Path(sys.argv[0]).name == "medconddiff" else "python -m medconddiff"
+    ap = argparse.ArgumentParser(prog=prog, description="MedCondDiff: diffusion segmentation of medical images.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser(
         "segment",
-        help="segment a NIfTI volume or a 2D image",
+        help="segment a NIfTI volume, a DICOM series, a 2D image, or a folder of cases",
         description=(
-            "Segment one case. INPUT is one NIfTI file per modality (or one 4-D NIfTI), or one 2D image per "
-            "modality, in the order of the model's channels (see `info`). OUTPUT is a NIfTI label map on the "
-            "input's grid (.nii/.nii.gz) for NIfTI input, or a PNG of class indices for 2D input."
+            "Segment one case, or every case of a folder (-i). INPUT is one NIfTI file per modality (or one 4-D "
+            "NIfTI), a DICOM series (a folder, a .zip or .dcm files), or one 2D image per modality, in the order "
+            "of the model's channels (see `info`). OUTPUT is a NIfTI label map on the input's grid (.nii/.nii.gz) "
+            "for NIfTI or DICOM input, or a PNG of class indices for 2D input. With -i IN_DIR, OUTPUT is a folder: "
+            "one mask per case and summary.csv (class volumes, timings, errors)."
         ),
     )
-    seg.add_argument("inputs", nargs="+", metavar="INPUT")
+    seg.add_argument("inputs", nargs="*", metavar="INPUT")
+    seg.add_argument("-i", "--input-dir", metavar="IN_DIR", default=None, help="segment every case of this folder")
     seg.add_argument("-o", "--output", required=True, metavar="OUTPUT")
+    seg.add_argument("--series", metavar="UID", default=None, help="DICOM: the SeriesInstanceUID to read")
     seg.add_argument(
         "--weights",
         default=None,
@@ -64,8 +69,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _check_output(path: Path, kind: str) -> None:
     name = path.name.lower()
-    if kind == "nifti" and not name.endswith((".nii", ".nii.gz")):
-        raise InputError(f"output {path.name}: NIfTI input gives a NIfTI label map; name the output .nii or .nii.gz")
+    if kind in ("nifti", "dicom") and not name.endswith((".nii", ".nii.gz")):
+        what = "NIfTI" if kind == "nifti" else "DICOM"
+        raise InputError(f"output {path.name}: {what} input gives a NIfTI label map; name the output .nii or .nii.gz")
     if kind == "image" and not name.endswith(".png"):
         raise InputError(f"output {path.name}: 2D input gives a PNG label map; name the output .png")
     if path.is_dir():
@@ -86,34 +92,21 @@ def _write(path: Path, write) -> None:
         raise InputError(f"cannot write {path} ({err.strerror or err}); give a writable path") from None
 
 
-def cmd_segment(args) -> int:
-    import numpy as np
+def _settings(args, config):
+    from .pipeline import SamplingSettings
 
-    from . import io
-    from .config import MedCondDiffConfig
-    from .hub import CONFIG_NAME, load_folder, resolve
-    from .pipeline import SamplingSettings, load_case, resolve_device, segment_image, segment_volume
-
-    out = Path(args.output)
-    kind = io.kind_of(args.inputs[0])
-    _check_output(out, kind)
     if args.batch_size < 1:
         raise SettingsError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.uncertainty:
-        _check_output(Path(args.uncertainty), kind)
-    device = resolve_device(args.device)
-    folder = resolve(args.weights)
-    config = MedCondDiffConfig.from_json(folder / CONFIG_NAME)
-    settings = SamplingSettings.defaults_for(
-        config,
-        steps=args.steps,
-        ensemble=args.ensemble,
-        consensus=args.consensus,
-        sampler=args.sampler,
-        seed=args.seed,
+    return SamplingSettings.defaults_for(
+        config, steps=args.steps, ensemble=args.ensemble, consensus=args.consensus, sampler=args.sampler, seed=args.seed
     )
-    scan = load_case(args.inputs, config)  # bad input fails fast, before the network is built
-    model = load_folder(folder, device=device)
+
+
+def _segment_scan(model, scan, settings, args, *, out: Path, uncertainty: Path | None, progress: bool):
+    """One case read by `load_case` -> its label map written to `out` (+ the agreement map); returns the labels."""
+    from . import io
+    from .pipeline import segment_image, segment_volume
+
     if scan.is_volume:
         res = segment_volume(
             model,
@@ -123,18 +116,48 @@ def cmd_segment(args) -> int:
             ct_window=args.ct_window,
             spacing=scan.slice_spacing,
             batch_size=args.batch_size,
-            progress=not args.quiet,
+            progress=progress,
         )
         _write(out, lambda p: io.write_nifti_labels(res.labels, p, affine=scan.affine, header=scan.header))
-        if args.uncertainty:
-            _write(Path(args.uncertainty), lambda p: io.write_nifti_map(res.agreement, p, affine=scan.affine))
-        labels = res.labels
+        if uncertainty:
+            _write(uncertainty, lambda p: io.write_nifti_map(res.agreement, p, affine=scan.affine))
     else:
         res = segment_image(model, scan.data, settings, kind=scan.kind, ct_window=args.ct_window, keep_trajectory=False)
         _write(out, lambda p: io.write_png_labels(res.labels, p))
-        if args.uncertainty:
-            _write(Path(args.uncertainty), lambda p: io.write_png_map(res.agreement, p))
-        labels = res.labels
+        if uncertainty:
+            _write(uncertainty, lambda p: io.write_png_map(res.agreement, p))
+    return res.labels
+
+
+def cmd_segment(args) -> int:
+    import numpy as np
+
+    from . import io
+    from .config import MedCondDiffConfig
+    from .hub import CONFIG_NAME, load_folder, resolve
+    from .pipeline import load_case, resolve_device
+
+    if args.input_dir is not None:
+        if args.inputs:
+            raise InputError("give either INPUT files or -i IN_DIR, not both")
+        return cmd_segment_folder(args)
+    if not args.inputs:
+        raise InputError(
+            "no input given; accepted: INPUT file(s) or a DICOM folder/zip, or -i IN_DIR for a folder of cases"
+        )
+    out = Path(args.output)
+    kind = io.kind_of(args.inputs[0])
+    _check_output(out, kind)
+    if args.uncertainty:
+        _check_output(Path(args.uncertainty), kind)
+    device = resolve_device(args.device)
+    folder = resolve(args.weights)
+    config = MedCondDiffConfig.from_json(folder / CONFIG_NAME)
+    settings = _settings(args, config)
+    scan = load_case(args.inputs, config, series=args.series)  # bad input fails fast, before the network is built
+    model = load_folder(folder, device=device)
+    uncertainty = Path(args.uncertainty) if args.uncertainty else None
+    labels = _segment_scan(model, scan, settings, args, out=out, uncertainty=uncertainty, progress=not args.quiet)
     counts = np.bincount(labels.ravel(), minlength=model.config.num_classes)
     found = ", ".join(
         f"{n}: {int(c)}"
@@ -142,6 +165,92 @@ def cmd_segment(args) -> int:
         if c and n != model.config.class_names[0]
     )
     print(f"wrote {out} ({'x'.join(map(str, labels.shape))}; {found or 'no foreground found'})")
+    return 0
+
+
+def cmd_segment_folder(args) -> int:
+    """Every case of IN_DIR with one model load; a bad case is a row of summary.csv, not the end of the run.
+
+    Exit code 0 when at least one case was segmented, 2 when none could be (or the folder holds no case).
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    from . import batch
+    from .config import MedCondDiffConfig
+    from .errors import MedCondDiffError
+    from .hub import CONFIG_NAME, load_folder, resolve
+    from .pipeline import load_case, resolve_device
+
+    in_dir, out_dir = Path(args.input_dir), Path(args.output)
+    if args.uncertainty:
+        raise InputError("--uncertainty names one file; with -i IN_DIR it is not available")
+    if args.series:
+        raise InputError("--series picks one series of one input; with -i IN_DIR give one series per sub-folder or zip")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output {out_dir}: is a file; with -i IN_DIR, -o names a folder for the masks")
+    if in_dir.is_dir() and out_dir.resolve().is_relative_to(in_dir.resolve()):
+        raise InputError(f"output {out_dir}: lies inside the input folder {in_dir}; give an output folder outside it")
+    device = resolve_device(args.device)
+    folder = resolve(args.weights)
+    config = MedCondDiffConfig.from_json(folder / CONFIG_NAME)
+    settings = _settings(args, config)
+    cases = batch.find_cases(
+        in_dir,
+        channels=config.image_channels,
+        channel_names=config.channel_names,
+        one_file_per_case=config.image_channels == 1 or config.modality == "natural",
+    )
+    if not cases:
+        raise InputError(
+            f"{in_dir}: holds no case; accepted: NIfTI files (CASE_0000.nii.gz, ...), 2D images, or one DICOM "
+            "series per sub-folder or zip"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"output {out_dir}: cannot create it ({err.strerror or err}); give a writable path") from None
+    model = load_folder(folder, device=device)
+    summary = batch.Summary(out_dir / batch.SUMMARY_NAME, list(config.class_names))
+    done = 0
+    for case in tqdm(cases, unit="case", desc="segmenting", disable=args.quiet):
+        row = {"case": case.name, "inputs": " ".join(p.name for p in case.paths)}
+        started = time.perf_counter()
+        try:
+            if case.problem:
+                raise InputError(case.problem)
+            scan = load_case(case.paths, config)
+            read_s = time.perf_counter() - started
+            out = out_dir / (case.name + (".nii.gz" if scan.is_volume else ".png"))
+            labels = _segment_scan(model, scan, settings, args, out=out, uncertainty=None, progress=False)
+            spacing = tuple(scan.spacing) if scan.is_volume else None
+            row.update(
+                status="ok",
+                output=out.name,
+                shape="x".join(map(str, labels.shape)),
+                spacing_mm="x".join(f"{z:g}" for z in scan.spacing) if spacing else "",
+                read_s=round(read_s, 3),
+                segment_s=round(time.perf_counter() - started - read_s, 3),
+                **batch.class_measures(labels, config.class_names, spacing=spacing),
+            )
+            done += 1
+        except MedCondDiffError as err:
+            row.update(status="error", error=" ".join(str(err).split()))
+        except Exception as err:  # noqa: BLE001 - one case's failure (out of memory, a decoder bug) must not end the run
+            row.update(status="error", error=f"{type(err).__name__}: {' '.join(str(err).split())}")
+        row["total_s"] = round(time.perf_counter() - started, 3)
+        if row["status"] == "error":
+            tqdm.write(f"failed: {row['error']}", file=sys.stderr)
+        summary.add(**row)
+    failed = len(cases) - done
+    if not done:
+        raise InputError(f"none of the {len(cases)} case(s) of {in_dir} could be segmented; see {summary.path}")
+    print(
+        f"segmented {done} of {len(cases)} case(s) into {out_dir}"
+        + (f" ({failed} failed)" if failed else "")
+        + f"; table: {summary.path}"
+    )
     return 0
 
 

@@ -2,8 +2,8 @@
 
 A weights folder holds config.json + model.safetensors (+ README.md, the model card), as written
 by `MedCondDiff.save_pretrained`. `load_model` accepts:
-    None                  MEDCONDDIFF_WEIGHTS if set, else the bundled default under assets/weights/
-    a short name          a bundled folder: "brats-demo", "abdomen-ct-demo"
+    None                  MEDCONDDIFF_WEIGHTS if set, else the bundled default ("brats-demo")
+    a short name          a bundled folder: "brats-demo", "abdomen-ct-demo", ... (see `weights_dirs`)
     a folder path         loaded as is
     "owner/name[@rev]"    downloaded (or taken from the cache) with huggingface_hub
 Loading is strict: every tensor must be present with the right shape; pickles are never read.
@@ -21,17 +21,38 @@ import torch
 from .errors import WeightsError, one_line
 from .model import CONFIG_NAME, WEIGHTS_NAME, MedCondDiff
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "weights"
+_PACKAGE = Path(__file__).resolve().parent
+WEIGHTS_DIR = _PACKAGE.parent / "assets" / "weights"  # a source checkout (run from the repo, or `pip install -e .`)
+INSTALLED_WEIGHTS_DIR = _PACKAGE / "weights"  # `pip install .` copies assets/weights/ here (package data)
+WEIGHTS_DIR_ENV = "MEDCONDDIFF_WEIGHTS_DIR"  # a folder of named weight folders, searched first
 DEFAULT_WEIGHTS = "brats-demo"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 _FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".nii", ".gz", ".png", ".jpg", ".zip")
 
 
+def weights_dirs() -> list[Path]:
+    """Where bundled names are looked up, in order: $MEDCONDDIFF_WEIGHTS_DIR, the checkout, the installed package.
+
+    The same list from any working directory: nothing here depends on where the command runs.
+    """
+    dirs = [Path(os.environ[WEIGHTS_DIR_ENV]).expanduser()] if os.environ.get(WEIGHTS_DIR_ENV) else []
+    return [*dirs, WEIGHTS_DIR, INSTALLED_WEIGHTS_DIR]
+
+
+def _bundled(name: str) -> Path | None:
+    """The first folder `name` under `weights_dirs()` that holds the weights file, or None."""
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        return None
+    return next((d / name for d in weights_dirs() if (d / name / WEIGHTS_NAME).is_file()), None)
+
+
 def bundled_models() -> list[str]:
-    """Names of the weight folders shipped under assets/weights/."""
-    if not WEIGHTS_DIR.is_dir():
-        return []
-    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / WEIGHTS_NAME).is_file())
+    """Names of the bundled weight folders (config.json + model.safetensors) found under `weights_dirs()`."""
+    names = set()
+    for d in weights_dirs():
+        if d.is_dir():
+            names.update(p.name for p in d.iterdir() if (p / WEIGHTS_NAME).is_file())
+    return sorted(names)
 
 
 def _split_revision(spec: str) -> tuple[str, str | None]:
@@ -44,8 +65,9 @@ def resolve(spec: str | os.PathLike | None = None) -> Path:
     if spec is None or str(spec) == "":
         spec = os.environ.get("MEDCONDDIFF_WEIGHTS") or DEFAULT_WEIGHTS
     spec = str(spec)
-    if (WEIGHTS_DIR / spec).is_dir() and "/" not in spec and "\\" not in spec:
-        return WEIGHTS_DIR / spec
+    bundled = _bundled(spec)
+    if bundled is not None:
+        return bundled
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
@@ -57,9 +79,11 @@ def resolve(spec: str | os.PathLike | None = None) -> Path:
     if path.exists():
         raise WeightsError(f"{spec}: is a file; --weights takes a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
     if looks_like_path or not _REPO_ID.match(repo):
-        known = ", ".join(bundled_models()) or "none bundled"
+        known = ", ".join(bundled_models()) or "none found"
+        where = ", ".join(str(d) for d in weights_dirs())
         raise WeightsError(
-            f"{spec}: no such weights folder, and not a Hub repo id (owner/name[@revision]). Bundled models: {known}"
+            f"{spec}: no such weights folder, and not a Hub repo id (owner/name[@revision]). "
+            f"Bundled models: {known} (looked in {where}; set {WEIGHTS_DIR_ENV} to a folder of weight folders)"
         )
     return _download(repo, rev)
 

@@ -22,6 +22,8 @@ from .errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".zip", ".dcm", ".dicom", ".ima")  # or a folder: one DICOM series (medconddiff/dicom.py)
+UPLOAD_SUFFIXES = (*IMAGE_SUFFIXES, *NIFTI_SUFFIXES, ".gz", *DICOM_SUFFIXES)  # what the app's uploads accept
 MAX_IMAGE_PIXELS = 4096 * 4096  # a 2D upload larger than this is refused before decoding
 MAX_VOLUME_VOXELS = 1024 * 1024 * 1024 // 4  # 1 GiB of float32 for everything in one file
 MIN_SIDE = 8  # smaller images carry nothing the model can segment
@@ -30,15 +32,17 @@ MAX_SPACING_MM = 100.0
 
 
 def kind_of(path: str | Path) -> str:
-    """'nifti' or 'image' from the file name; `InputError` for anything else."""
+    """'nifti', 'image' or 'dicom' (a folder, .zip or .dcm) from the name; `InputError` for anything else."""
     name = str(path).lower()
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
     if name.endswith(IMAGE_SUFFIXES):
         return "image"
+    if name.endswith(DICOM_SUFFIXES) or Path(path).is_dir():
+        return "dicom"
     raise InputError(
-        f"{Path(path).name}: unsupported file type; accepted: NIfTI ({', '.join(NIFTI_SUFFIXES)}) "
-        f"or 2D images ({', '.join(IMAGE_SUFFIXES)})"
+        f"{Path(path).name}: unsupported file type; accepted: NIfTI ({', '.join(NIFTI_SUFFIXES)}), "
+        f"2D images ({', '.join(IMAGE_SUFFIXES)}) or a DICOM series (a folder, .zip or .dcm files)"
     )
 
 
@@ -47,10 +51,12 @@ class Scan:
     """What was read from disk, before normalisation."""
 
     data: np.ndarray  # (C, H, W) for 2D images, (C, X, Y, Z) for volumes; float32
-    affine: np.ndarray | None  # (4, 4) voxel -> world for NIfTI; None for 2D images
-    header: object | None  # the nibabel header of the first file (kept for writing back)
+    affine: np.ndarray | None  # (4, 4) voxel -> world (RAS) for volumes; None for 2D images
+    header: object | None  # the nibabel header of the first file (kept for writing back); None for DICOM
     spacing: tuple[float, ...]  # mm per voxel along each spatial axis (1.0 for 2D images)
-    kind: str  # "nifti" or "image"
+    kind: str  # "nifti": a volume in scanner units with an affine (NIfTI or DICOM), written back as NIfTI; or "image"
+    source: str = ""  # what was read: "nifti", "dicom" or "image" ("" = kind)
+    series: tuple = ()  # DICOM: the `dicom.SeriesInfo` of each channel
 
     @property
     def is_volume(self) -> bool:
@@ -188,7 +194,7 @@ def read_nifti(paths: list[str | Path]) -> Scan:
     if not np.isfinite(affine).all():
         raise InputError(f"{paths[0].name}: the affine contains NaN/Inf; accepted: a finite voxel-to-world affine")
     _check_values(vol, paths[0].name)
-    return Scan(data=vol, affine=affine, header=header, spacing=zooms, kind="nifti")
+    return Scan(data=vol, affine=affine, header=header, spacing=zooms, kind="nifti", source="nifti")
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -242,15 +248,68 @@ def read_image(path: str | Path) -> np.ndarray:
     return arr
 
 
-def read_scan(paths: list[str | Path]) -> Scan:
-    """Read the input files of one case: NIfTI file(s), or one 2D image per modality."""
+def read_dicom(paths: list[str | Path], *, series: str | None = None) -> Scan:
+    """DICOM input of one case -> a volume `Scan` (C, X, Y, Z) with kind "nifti" and a RAS affine.
+
+    .dcm files together are one series (one channel); each folder or zip is one series, one channel
+    per folder or zip (in the model's channel order), all on one grid.
+    """
+    from . import dicom
+
+    paths = [Path(p) for p in paths]
+    loose = [p for p in paths if p.name.lower().endswith(dicom.DICOM_SUFFIXES) and not p.is_dir()]
+    sources = [paths] if loose else [[p] for p in paths]
+    if loose and len(loose) != len(paths):
+        raise InputError("mixed .dcm files with folders or zips; give .dcm files of one series, or folders/zips")
+    arrays, affine, spacing, infos = [], None, None, []
+    for src in sources:
+        vol, aff, zooms, info = dicom.read_dicom_series(src, series=series)
+        name = src[0].name
+        if arrays and (vol.shape != arrays[0].shape[1:] or np.abs(aff - affine).max() > 1e-3):
+            raise InputError(
+                f"{name}: series grid {vol.shape} differs from {sources[0][0].name} {arrays[0].shape[1:]}; "
+                "all modality series must share one grid"
+            )
+        if affine is None:
+            affine, spacing = aff, zooms
+        arrays.append(vol[None])
+        infos.append(info)
+    data = np.concatenate(arrays, axis=0)
+    first = sources[0][0].name
+    _check_side(data.shape[1:3], first)
+    if any(not (0 < z <= MAX_SPACING_MM) for z in spacing):
+        raise InputError(
+            f"{first}: voxel spacing {spacing} mm is not usable; accepted: each in (0, {MAX_SPACING_MM:g}] mm"
+        )
+    _check_values(data, first)
+    return Scan(
+        data=data, affine=affine, header=None, spacing=spacing, kind="nifti", source="dicom", series=tuple(infos)
+    )
+
+
+def read_scan(paths: list[str | Path], *, series: str | None = None) -> Scan:
+    """Read the input files of one case: NIfTI file(s), one 2D image per modality, or DICOM series.
+
+    `series`: for DICOM input holding several series, the SeriesInstanceUID to read.
+    """
     if not paths:
-        raise InputError("no input file given; accepted: one file per modality (NIfTI volumes or 2D images)")
+        raise InputError(
+            "no input file given; accepted: one file per modality (NIfTI volumes or 2D images), or a DICOM series"
+        )
     kinds = {kind_of(p) for p in paths}
     if len(kinds) > 1:
-        raise InputError("mixed NIfTI and 2D image inputs; give one kind per case")
+        names = {"nifti": "NIfTI", "image": "2D image", "dicom": "DICOM"}
+        raise InputError(
+            f"mixed {' and '.join(v for k, v in names.items() if k in kinds)} inputs; give one kind per case"
+        )
+    if series is not None and kinds != {"dicom"}:
+        raise InputError(
+            "a series UID was given for input that is not DICOM; --series applies to DICOM folders or zips"
+        )
     if kinds == {"nifti"}:
         return read_nifti(paths)
+    if kinds == {"dicom"}:
+        return read_dicom(paths, series=series)
     chans = [read_image(p) for p in paths]
     if len(chans) > 1:
         colour = [Path(p).name for p, c in zip(paths, chans, strict=True) if c.shape[0] != 1]
@@ -264,7 +323,7 @@ def read_scan(paths: list[str | Path]) -> Scan:
             raise InputError(f"modality images differ in size ({sizes}); accepted: images of one size")
     data = np.concatenate(chans, axis=0)
     _check_values(data, Path(paths[0]).name)
-    return Scan(data=data, affine=None, header=None, spacing=(1.0, 1.0), kind="image")
+    return Scan(data=data, affine=None, header=None, spacing=(1.0, 1.0), kind="image", source="image")
 
 
 def read_labels(path: str | Path, *, shape: tuple[int, ...], num_classes: int) -> np.ndarray:

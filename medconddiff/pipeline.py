@@ -491,9 +491,12 @@ def segment_volume(
     return VolumeResult(labels=labels, agreement=agreement, entropy=entropy)
 
 
-def load_case(paths: list, config) -> io.Scan:
-    """Read the files of one case and check they fit the model (modality count)."""
-    scan = io.read_scan(paths)
+def load_case(paths: list, config, *, series: str | None = None) -> io.Scan:
+    """Read the files of one case and check they fit the model (modality count).
+
+    `series`: the SeriesInstanceUID to read from DICOM input that holds several series.
+    """
+    scan = io.read_scan(paths, series=series)
     if scan.data.shape[0] != config.image_channels:
         raise io.InputError(
             f"the model expects {config.image_channels} modality channel(s) ({', '.join(config.channel_names)}); "
@@ -518,7 +521,7 @@ class Case:
         names = ", ".join(f"{n}: `{Path(p).name}`" for n, p in zip(channel_names, self.paths, strict=False))
         where = f" · slice {self.z} of 0..{self.scan.data.shape[-1] - 1}" if self.z is not None else ""
         truth = " · ground truth drawn" if self.truth is not None else ""
-        return f"{self.scan.kind.upper()} {shape}{where} · {names}{truth}"
+        return f"{(self.scan.source or self.scan.kind).upper()} {shape}{where} · {names}{truth}"
 
     def reading(self, ct_window: str | None = None) -> dict:
         """How its slices are read, as keywords for the `segment_*` functions: kind, CT window, spacing."""

@@ -20,6 +20,7 @@ import gzip
 import json
 import shutil
 import struct
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -210,6 +211,127 @@ def missing_tensor_weights(d: Path, good: Path) -> Path:
     return out
 
 
+# -- DICOM ---------------------------------------------------------------------------------------
+
+
+def dicom_series(
+    d: Path, name: str = "series", *, z: int = 5, modality: str = "MR", shuffle: bool = False, **kw
+) -> Path:
+    """A folder of one MR (or CT) series of the FLAIR plane stack, slices written in order (slice_000.dcm, ...)."""
+    from dicoms import write_series
+
+    vol = np.round(volume(z=z)[0] * 100)
+    write_series(d / name, vol, AFFINE, modality=modality, intercept=0.0, shuffle=shuffle, **kw)
+    return d / name
+
+
+def dicom_pair(d: Path, *, zipped: bool = True) -> list[Path]:
+    """FLAIR and T1c as two MR series on one grid (as zips, or folders), integer values."""
+    from dicoms import write_series, zip_folder
+
+    vol = np.round(volume() * 100)
+    out = []
+    for i, m in enumerate(("flair", "t1c")):
+        folder = d / f"case_{m}"
+        write_series(folder, vol[i], AFFINE, modality="MR", intercept=0.0, description=m.upper())
+        out.append(zip_folder(folder, d / f"case_{m}.zip") if zipped else folder)
+    return out
+
+
+def edit_slices(folder: Path, edit: Callable) -> Path:
+    """Re-save every slice after `edit(dataset)`."""
+    import pydicom
+
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        edit(ds)
+        ds.save_as(path, enforce_file_format=True)
+    return folder
+
+
+def zipped(d: Path, folder: Path) -> Path:
+    from dicoms import zip_folder
+
+    return zip_folder(folder, d / f"{folder.name}.zip")
+
+
+def zip_of(path: Path, entries: dict[str, bytes], *, rename: dict[bytes, bytes] | None = None) -> Path:
+    """A zip of `entries`; `rename` then patches names in the raw bytes (same length): names zipfile would not write."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    raw = path.read_bytes()
+    for old, new in (rename or {}).items():
+        raw = raw.replace(old, new)
+    return write(path, raw)
+
+
+def one_slice_bytes(d: Path) -> bytes:
+    return sorted(dicom_series(d, "one", z=2).glob("*.dcm"))[0].read_bytes()
+
+
+def zip_claiming_size(path: Path, size: int) -> Path:
+    """A zip whose central directory says its one member inflates to `size` bytes (a zip bomb's header)."""
+    zip_of(path, {"slice.dcm": b"x" * 100})
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"PK\x01\x02")
+    struct.pack_into("<I", raw, at + 24, size)  # uncompressed size
+    return write(path, bytes(raw))
+
+
+def zip_many_entries(path: Path, n: int) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(n):
+            zf.writestr(f"s{i:05d}.dcm", b"")
+    return path
+
+
+def _drop_pixels(ds) -> None:
+    del ds.PixelData
+
+
+def _as_seg(ds) -> None:
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    ds.Modality = "SEG"
+
+
+def _as_rtstruct(ds) -> None:
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+    ds.Modality = "RTSTRUCT"
+    del ds.PixelData
+
+
+def _jpeg_ls(ds) -> None:
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\0" * 64])
+    ds["PixelData"].VR = "OB"
+
+
+def _move_last_slice(folder: Path, mm: float) -> Path:
+    """Shift the last slice along the stack: the spacing is no longer constant."""
+    import pydicom
+
+    last = sorted(folder.glob("*.dcm"))[-1]
+    ds = pydicom.dcmread(last)
+    ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + mm]
+    ds.save_as(last, enforce_file_format=True)
+    return folder
+
+
+def _remove(path: Path) -> Path:
+    path.unlink()
+    return path.parent
+
+
+def _two_series(d: Path) -> Path:
+    dicom_series(d / "both", "flair", description="FLAIR")
+    dicom_series(d / "both", "t1c", description="T1c")
+    return zipped(d, d / "both")
+
+
 # -- the corpus ---------------------------------------------------------------------------------
 
 
@@ -286,9 +408,9 @@ KINDS: list[Kind] = [
     ),
     _k(
         "unsupported_extension",
-        lambda d, w: Inputs([write(d / "a.dcm", TEXT), write(d / "b.dcm", TEXT)]),
+        lambda d, w: Inputs([write(d / "a.mha", TEXT), write(d / "b.mha", TEXT)]),
         InputError,
-        ["unsupported file type", "accepted: NIfTI (.nii, .nii.gz) or 2D images"],
+        ["unsupported file type", "accepted: NIfTI (.nii, .nii.gz), 2D images", "or a DICOM series"],
     ),
     _k(
         "missing_file",
@@ -697,6 +819,124 @@ KINDS: list[Kind] = [
         lambda d, w: Inputs(png_pair(d), cli_args=["--seed", str(2**70)], settings={"seed": 2**70}),
         SettingsError,
         ["seed must be between 0 and"],
+    ),
+    # --- DICOM: series as zips, folders or .dcm files
+    _k("dicom_two_mr_zips", lambda d, w: Inputs(dicom_pair(d)), shape=(48, 40, 3)),
+    _k("dicom_two_mr_folders", lambda d, w: Inputs(dicom_pair(d, zipped=False)), shape=(48, 40, 3), surfaces=LIB_CLI),
+    _k(
+        "dicom_text_renamed_dcm",
+        lambda d, w: Inputs([write(d / "a.dcm", TEXT), write(d / "b.dcm", TEXT)]),
+        InputError,
+        ["none of its 2 file(s) is DICOM", "accepted: one CT or MR image series"],
+    ),
+    _k(
+        "dicom_zip_of_text_files",
+        lambda d, w: Inputs([zip_of(d / "notes.zip", {"a.txt": TEXT, "b/report.pdf": TEXT})]),
+        InputError,
+        ["notes.zip: none of its 2 file(s) is DICOM", "accepted: one CT or MR image series"],
+    ),
+    _k(
+        "dicom_text_renamed_zip",
+        lambda d, w: Inputs([write(d / "scan.zip", TEXT)]),
+        InputError,
+        ["scan.zip: not a readable zip file", "accepted: one CT or MR image series"],
+    ),
+    _k(
+        "dicom_zip_slip_parent_path",
+        lambda d, w: Inputs(
+            [zip_of(d / "slip.zip", {"xx/xx/evil.dcm": one_slice_bytes(d)}, rename={b"xx/xx/evil": b"../../evil"})]
+        ),
+        InputError,
+        ["zip entry '../../evil.dcm' has an absolute or '..' path", "nothing extracted"],
+    ),
+    _k(
+        "dicom_zip_slip_absolute_path",
+        lambda d, w: Inputs(
+            [zip_of(d / "abs.zip", {"xtmp/evil.dcm": one_slice_bytes(d)}, rename={b"xtmp/": b"/tmp/"})]
+        ),
+        InputError,
+        ["zip entry '/tmp/evil.dcm' has an absolute or '..' path"],
+    ),
+    _k(
+        "dicom_zip_bomb",
+        lambda d, w: Inputs([zip_claiming_size(d / "bomb.zip", 3 * 1024**3)]),
+        InputError,
+        ["3.0 GiB uncompressed (a zip bomb?)", "accepted: at most 2 GiB in one zip"],
+    ),
+    _k(
+        "dicom_zip_too_many_entries",
+        lambda d, w: Inputs([zip_many_entries(d / "many.zip", 10_001)]),
+        InputError,
+        ["10001 entries", "accepted: at most 10000 files in a zip"],
+    ),
+    _k(
+        "dicom_two_series_in_one_zip",
+        lambda d, w: Inputs([_two_series(d)]),
+        InputError,
+        ["holds 2 image series", "MR, FLAIR, 5 slices", "MR, T1c, 5 slices", "--series UID"],
+    ),
+    _k(
+        "dicom_missing_slice",
+        lambda d, w: Inputs([zipped(d, _remove(dicom_series(d) / "slice_002.dcm"))]),
+        InputError,
+        ["1 slice(s) missing between", "spacing 3.000 mm", "accepted: a complete series"],
+    ),
+    _k(
+        "dicom_duplicated_slice",
+        lambda d, w: Inputs(
+            [zipped(d, _with_file(dicom_series(d), "copy.dcm", (d / "series/slice_001.dcm").read_bytes()))]
+        ),
+        InputError,
+        ["duplicated slice", "lie at the same position", "accepted: one file per slice position"],
+    ),
+    _k(
+        "dicom_inconsistent_spacing",
+        lambda d, w: Inputs([zipped(d, _move_last_slice(dicom_series(d), 1.3))]),
+        InputError,
+        ["inconsistent slice spacing (3.000 to 4.300 mm", "accepted: equally spaced slices"],
+    ),
+    _k(
+        "dicom_no_pixel_data",
+        lambda d, w: Inputs([zipped(d, edit_slices(dicom_series(d), _drop_pixels))]),
+        InputError,
+        ["has no pixel data", "accepted: one CT or MR image series"],
+    ),
+    _k(
+        "dicom_seg_instead_of_image",
+        lambda d, w: Inputs([zipped(d, edit_slices(dicom_series(d), _as_seg))]),
+        InputError,
+        ["is a DICOM SEG (segmentation), not an image series"],
+    ),
+    _k(
+        "dicom_rtstruct_instead_of_image",
+        lambda d, w: Inputs([zipped(d, edit_slices(dicom_series(d, z=1), _as_rtstruct))]),
+        InputError,
+        ["is an RTSTRUCT (contours), not an image series"],
+    ),
+    _k(
+        "dicom_ultrasound",
+        lambda d, w: Inputs([zipped(d, dicom_series(d, modality="US"))]),
+        InputError,
+        ["modality US", "accepted: CT or MR image series"],
+    ),
+    _k(
+        "dicom_compressed_without_decoder",
+        lambda d, w: Inputs([zipped(d, edit_slices(dicom_series(d), _jpeg_ls))]),
+        InputError,
+        ["compressed as 'JPEG-LS Lossless Image Compression'", "no installed decoder", "give uncompressed DICOM"],
+    ),
+    _k(
+        "dicom_mixed_with_nifti",
+        lambda d, w: Inputs([dicom_pair(d)[0], nifti_pair(d)[1]]),
+        InputError,
+        ["mixed NIfTI and DICOM inputs", "one kind per case"],
+    ),
+    _k(
+        "dicom_series_uid_not_in_zip",
+        lambda d, w: Inputs([zipped(d, dicom_series(d))], cli_args=["--series", "1.2.3.4"]),
+        InputError,
+        ["no series '1.2.3.4'", "it holds:", "(MR, test series, 5 slices)"],
+        surfaces={"cli"},
     ),
     _k(
         "no_input_files",

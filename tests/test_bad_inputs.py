@@ -24,7 +24,7 @@ from scripts import benchmark_script
 
 from medconddiff.errors import MedCondDiffError
 from medconddiff.hub import load_folder, resolve
-from medconddiff.io import read_labels
+from medconddiff.io import IMAGE_SUFFIXES, read_labels, read_scan
 from medconddiff.pipeline import SamplingSettings, load_case, segment_image, segment_volume
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def test_library(kind: Kind, tmp_path, tiny_weights, good_model):
 def cli_args(kind: Kind, folder: Path, good_weights: Path) -> tuple[list[str], Path, list[Path]]:
     """(argv for `python -m medconddiff`, the output path, the input files) for one kind."""
     given = kind.build(folder, good_weights)
-    nifti = str(given.files[0]).endswith((".nii", ".nii.gz"))
+    nifti = not str(given.files[0]).lower().endswith(IMAGE_SUFFIXES)  # NIfTI or DICOM in: a NIfTI mask out
     out = folder / (given.output or ("mask.nii.gz" if nifti else "mask.png"))
     weights = str(given.weights or good_weights)
     argv = ["segment", *map(str, given.files), "-o", str(out), "--weights", weights, "--steps", str(STEPS), "--quiet"]
@@ -98,7 +98,10 @@ def check_cli_outcome(kind: Kind, code: int, stdout: str, stderr: str, out: Path
         if out.name.endswith((".nii", ".nii.gz")):
             img = nib.load(out)
             assert_valid_mask(np.asarray(img.dataobj).astype(np.int64), kind.shape)
-            np.testing.assert_allclose(img.affine, nib.load(files[0]).affine)  # on the input's grid
+            if str(files[0]).endswith((".nii", ".nii.gz")):
+                np.testing.assert_allclose(img.affine, nib.load(files[0]).affine)  # on the input's grid
+            else:  # DICOM: the series' geometry (tests/test_dicom.py checks it against the truth)
+                np.testing.assert_allclose(img.affine, read_scan(files).affine, atol=1e-6)
         else:
             assert_valid_mask(np.asarray(Image.open(out)).astype(np.int64), kind.shape)
         return

@@ -214,3 +214,36 @@ def test_specs_that_are_neither_folder_nor_repo_id_make_no_request(spec, fragmen
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
     with pytest.raises(WeightsError, match=fragment):
         resolve(spec)
+
+
+# -- bundled names, from any working directory ---------------------------------------------------------------
+
+
+def test_bundled_names_resolve_from_any_folder_and_the_weights_dir_env_comes_first(tmp_path, tiny_weights, monkeypatch):
+    from medconddiff import hub
+
+    monkeypatch.chdir(tmp_path)  # no assets/ here
+    monkeypatch.delenv(hub.WEIGHTS_DIR_ENV, raising=False)
+    if "brats-demo" in hub.bundled_models():
+        assert resolve("brats-demo") == hub.WEIGHTS_DIR / "brats-demo"
+    mine = tmp_path / "my-models"
+    mine.mkdir()
+    (mine / "brats-demo").symlink_to(tiny_weights, target_is_directory=True)
+    (mine / "lab-model").symlink_to(tiny_weights, target_is_directory=True)
+    monkeypatch.setenv(hub.WEIGHTS_DIR_ENV, str(mine))
+    assert resolve("brats-demo") == mine / "brats-demo"  # searched first
+    assert resolve("lab-model") == mine / "lab-model"
+    assert "lab-model" in hub.bundled_models()
+
+
+def test_an_unknown_name_says_where_it_looked(tmp_path, monkeypatch):
+    from medconddiff import hub
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(hub.WEIGHTS_DIR_ENV, str(tmp_path / "mine"))
+    with pytest.raises(WeightsError) as info:
+        resolve("no-such-model")
+    message = str(info.value)
+    for where in (tmp_path / "mine", hub.WEIGHTS_DIR, hub.INSTALLED_WEIGHTS_DIR):
+        assert str(where) in message
+    assert hub.WEIGHTS_DIR_ENV in message and "\n" not in message

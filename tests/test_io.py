@@ -126,7 +126,8 @@ def test_normalise_mri_and_ct():
         io.normalise(np.zeros((2, 4, 4)), ct, kind="image")
 
 
-def test_kind_of_refuses_other_types():
+def test_kind_of_refuses_other_types(tmp_path):
     assert io.kind_of("a.NII.GZ") == "nifti" and io.kind_of("x.png") == "image"
+    assert io.kind_of("scan.dcm") == io.kind_of("series.ZIP") == io.kind_of(tmp_path) == "dicom"
     with pytest.raises(InputError, match="accepted"):
-        io.kind_of("scan.dcm")
+        io.kind_of("scan.mha")
