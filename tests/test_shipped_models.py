@@ -8,7 +8,9 @@ picture's grid, and find the structure the example's manual label marks.
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,5 +63,33 @@ def test_a_bundled_model_segments_its_own_example_alike_in_the_cli_and_the_app(m
     assert cli.shape == truth.shape == tuple(summary["shape"])
     k = hub.load_model(model).config.num_classes
     assert cli.max() < k
-    # the structure the manual label marks is found: foreground against background
-    assert metrics.dice(cli > 0, truth > 0) > 0.5, f"{model} misses its own example {example.caption}"
+    # the structure the manual label marks is found, at least in part (the gallery keeps misses too)
+    assert metrics.dice(cli > 0, truth > 0) > 0.2, f"{model} misses its own example {example.caption}"
+
+
+def _card_case(example: examples.Example, report: dict) -> str | None:
+    """The test-split case of the model card's evaluation that a photograph example was copied from."""
+    stem = Path(example.files[0]).stem.split("_", 1)[1]  # kvasir_cju0roaw -> cju0roaw, ph2_IMD002 -> IMD002
+    found = [name for name in report["cases"] if name.startswith(stem)]
+    return found[0] if len(found) == 1 else None
+
+
+@pytest.mark.parametrize("example", [e for e in CATALOGUE if e.modality == "natural"], ids=lambda e: e.caption)
+def test_a_photograph_example_scores_what_the_model_card_reports_for_it(example, tmp_path):
+    """The examples are test images: the CLI at the card's settings gives the card's Dice for each."""
+    if example.model not in hub.bundled_models():
+        pytest.skip(f"{example.model} weights are not bundled")
+    from medconddiff.__main__ import main
+
+    folder = hub.resolve(example.model)
+    report = json.loads((Path(folder) / "evaluation.json").read_text())
+    case = _card_case(example, report)
+    assert case is not None, f"{example.caption} is not one of the card's test cases"
+    s = report["settings"]
+    out = tmp_path / "mask.png"
+    args = ["--steps", str(s["steps"]), "--ensemble", str(s["ensemble"]), "--sampler", s["sampler"]]
+    args += ["--consensus", s["consensus"], "--seed", str(s["seed"]), "--quiet"]
+    with warnings.catch_warnings():
+        assert main(["segment", *example.files, "-o", str(out), "--weights", example.model, *args]) == 0
+    pred, truth = np.asarray(Image.open(out)), np.asarray(Image.open(example.truth))
+    assert metrics.dice(pred == 1, truth == 1) == pytest.approx(report["cases"][case]["dice"][1], abs=1e-6)
