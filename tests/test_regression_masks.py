@@ -3,7 +3,8 @@
 Each bundled example goes through the library (read, then `segment_volume` for NIfTI slabs, or
 `segment_slices` for a 2D slice) with its model's default settings and seed 0. The fingerprint of
 the uint8 label map is its per-class pixel counts and its sha256; `tests/data/regression_masks.json`
-holds those of the code before the data-path refactor (issue 14). Regenerate only when a change of
+holds those of the code before the data-path restructuring (the photograph and cardiac models: when they
+were added). Regenerate only when a change of
 masks is intended, and say why in the commit:
 
     python tests/test_regression_masks.py --write
@@ -32,6 +33,10 @@ CASES = {
     "ct_z088": ("abdomen-ct-demo", ["ct_z088.png"]),
     "ct_z096": ("abdomen-ct-demo", ["ct_z096.png"]),
     "ct_slab": ("abdomen-ct-demo", ["ct_slab.nii.gz"]),
+    "ph2_IMD002": ("ph2-demo", ["ph2_IMD002.png"]),
+    "kvasir_cju0s2a9": ("kvasir-demo", ["kvasir_cju0s2a9.jpg"]),
+    "acdc_patient002_z05": ("acdc-demo", ["acdc_patient002_z05.png"]),
+    "acdc_patient002_slab": ("acdc-demo", ["acdc_patient002_slab.nii.gz"]),
 }
 
 
