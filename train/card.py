@@ -53,6 +53,14 @@ LICENCES = {
     "ph2": ("other", "ph2-research-only"),
     "acdc": ("other", "acdc-non-commercial-research"),
 }
+# the card's `anatomy:` (the demo's model picker shows it)
+ANATOMY = {
+    "brats2015": "brain tumour",
+    "abdomen-ct": "abdominal organs",
+    "kvasir-seg": "colon polyps",
+    "ph2": "skin lesions",
+    "acdc": "heart",
+}
 PUBLISHED = {
     "kvasir-seg": "mean Dice per image on Kvasir-SEG's usual 100-image test split: U-Net about 0.82, PraNet about "
     "0.90, Polyp-PVT (PVT-v2 with ImageNet weights, 352 px, GPU) about 0.92",
@@ -90,6 +98,7 @@ def model_card(weights_dir: Path, report: dict | None, *, notes: str = "") -> st
     lines = [
         "---",
         "library_name: medconddiff",
+        *([f"anatomy: {ANATOMY[key]}"] if key in ANATOMY else []),
         f"license: {licence}",
         *([f"license_name: {licence_name}"] if licence_name else []),
         "tags: [medical-imaging, segmentation, diffusion, pytorch_model_hub_mixin]",
