@@ -208,7 +208,7 @@ def run_volume(files, choice, custom, ct_window, steps, sampler, ensemble, conse
         res = segment_volume(loaded.model, case.scan.data, settings, kind=kind, ct_window=window, progress=report)
     with server.request_folder() as folder:
         out = folder / f"mask_{settings.consensus}.nii.gz"
-        io.write_nifti_labels(res.labels, out, affine=case.scan.affine, header=case.scan.header)
+        io.write_scan_labels(res.labels, out, scan=case.scan)  # back on the upload's grid and orientation
         path = server.to_cache(volume_file, out)
     return path, f"Segmented all {case.scan.data.shape[-1]} slices: the mask has the upload's shape and affine."
 

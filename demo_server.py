@@ -280,13 +280,14 @@ def preview(component, case: Case, config: MedCondDiffConfig, ct_window: str | N
     """The slice (its ground truth drawn on) as a file in `component`'s Gradio cache, and a line saying what it is."""
     picture = viz.slice_picture(case.image, config, kind=case.scan.kind, ct_window=ct_window, truth=case.truth)
     with request_folder() as folder:
-        path = to_cache(component, Path(save_picture(picture, folder / "preview.png", case.scan.kind)))
+        path = to_cache(component, Path(save_picture(picture, folder / "preview.png", case.scan.kind, case.scan.axes)))
     return path, case.summary(config.channel_names)
 
 
-def save_picture(picture: np.ndarray, path: Path, kind: str) -> str:
-    """Write an (H, W, 3) array-orientation picture in display orientation (PNG, fast compression); its path."""
-    Image.fromarray(viz.fit(viz.display_orientation(picture, kind), max_side=MAX_SIDE)).save(path, compress_level=1)
+def save_picture(picture: np.ndarray, path: Path, kind: str, axes: tuple[str, ...] | None = None) -> str:
+    """Write an (H, W, 3) array-orientation picture as a viewer shows it (`viz.for_viewer`: radiological,
+    with orientation letters for NIfTI slices; PNG, fast compression); its path."""
+    Image.fromarray(viz.for_viewer(picture, kind, axes, max_side=MAX_SIDE)).save(path, compress_level=1)
     return str(path)
 
 
@@ -347,16 +348,21 @@ class Run:
     def kind(self) -> str:
         return self.case.scan.kind
 
+    @property
+    def axes(self) -> tuple[str, ...] | None:
+        return self.case.scan.axes
+
     def add_step(self, step) -> tuple[str, str, str]:
         """Draw and save one `pipeline.SliceStep` of this run's slice; the paths of its x_t, x0-hat and change pictures."""
         i, n = step.index, step.num_steps
         pics = viz.StepPictures(step, self.base, prev_probs=self._probs)
         named = {"xt": pics.noisy, "x0": pics.x0, "change": pics.change}
-        files = tuple(save_picture(p, self.folder / f"{k}-{i:03d}.png", self.kind) for k, p in named.items())
+        files = tuple(save_picture(p, self.folder / f"{k}-{i:03d}.png", self.kind, self.axes) for k, p in named.items())
         flipped = int((pics.labels != self.per_step[-1]).sum()) if self.per_step else None
         self.step_files.append(files)
         self.captions.append(viz.step_caption(i, n, step.t, step.logsnr, flipped))
-        self.frames.append(viz.caption(viz.side_by_side([pics.noisy, pics.x0]), f"step {i + 1}/{n}  t={step.t:.2f}"))
+        shown = [viz.for_viewer(viz.upscale(p, min_side=200), self.kind, self.axes) for p in (pics.noisy, pics.x0)]
+        self.frames.append(viz.caption(viz.side_by_side(shown), f"step {i + 1}/{n}  t={step.t:.2f}"))
         self.per_step.append(pics.labels)
         self._probs = pics.probs
         return files
@@ -364,8 +370,7 @@ class Run:
     def finish(self, result: Result) -> None:
         """The sampling ended: keep the result, write the trajectory GIF and plot."""
         self.result = result
-        frames = [viz.upscale(viz.display_orientation(f, self.kind), min_side=200) for f in self.frames]
-        self.gif = str(viz.write_gif(frames, self.folder / "trajectory.gif"))
+        self.gif = str(viz.write_gif(self.frames, self.folder / "trajectory.gif"))
         plot = viz.trajectory_picture(self.per_step, self.config.class_names, self.case.truth)
         Image.fromarray(plot).save(self.folder / "trajectory.png")
         self.plot = str(self.folder / "trajectory.png")
@@ -377,8 +382,8 @@ class Run:
         unc = 1.0 - res.agreement if measure == "agreement" else res.entropy
         tag = f"{res.consensus}-{self.version}"
         return (
-            save_picture(fused, self.folder / f"consensus-{tag}-{round(opacity * 100)}.png", self.kind),
-            save_picture(viz.heatmap(unc), self.folder / f"uncertainty-{tag}-{measure}.png", self.kind),
+            save_picture(fused, self.folder / f"consensus-{tag}-{round(opacity * 100)}.png", self.kind, self.axes),
+            save_picture(viz.heatmap(unc), self.folder / f"uncertainty-{tag}-{measure}.png", self.kind, self.axes),
         )
 
     def legend(self) -> str:

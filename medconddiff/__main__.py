@@ -124,10 +124,10 @@ def cmd_segment(args) -> int:
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
-        _write(out, lambda p: io.write_nifti_labels(res.labels, p, affine=scan.affine, header=scan.header))
+        _write(out, lambda p: io.write_scan_labels(res.labels, p, scan=scan))  # the input's grid and affine
         if args.uncertainty:
-            _write(Path(args.uncertainty), lambda p: io.write_nifti_map(res.agreement, p, affine=scan.affine))
-        labels = res.labels
+            _write(Path(args.uncertainty), lambda p: io.write_scan_map(res.agreement, p, scan=scan))
+        labels = scan.to_source(res.labels)
     else:
         res = segment_image(model, scan.data, settings, kind=scan.kind, ct_window=args.ct_window, keep_trajectory=False)
         _write(out, lambda p: io.write_png_labels(res.labels, p))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import CT_WINDOWS, MedCondDiffConfig
+from .config import CT_WINDOWS, MedCondDiffConfig, check_axes
 from .errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -41,19 +41,103 @@ def kind_of(path: str | Path) -> str:
     )
 
 
+@dataclass(frozen=True)
+class SourceGrid:
+    """Where a reoriented volume came from: enough to put any (X, Y, Z) map back on the file's grid."""
+
+    shape: tuple[int, int, int]  # (X, Y, Z) of the file's array
+    affine: np.ndarray  # (4, 4) the file's voxel -> world affine
+    to_canonical: np.ndarray  # (3, 2) nibabel orientation transform, file axes -> canonical axes
+    axes: tuple[str, str, str]  # the file's axis codes, e.g. ("P", "S", "L") for sagittal storage
+
+
 @dataclass
 class Scan:
-    """What was read from disk, before normalisation."""
+    """What was read from disk, before normalisation.
+
+    A volume from `reorient` holds its data in the model's canonical orientation (`axes`), with
+    `affine` describing that array; `source` remembers the file's own grid so that every output
+    map is written back there (`to_source`, `write_nifti_labels(..., scan=)`).
+    """
 
     data: np.ndarray  # (C, H, W) for 2D images, (C, X, Y, Z) for volumes; float32
-    affine: np.ndarray | None  # (4, 4) voxel -> world for NIfTI; None for 2D images
+    affine: np.ndarray | None  # (4, 4) voxel -> world of `data` for NIfTI; None for 2D images
     header: object | None  # the nibabel header of the first file (kept for writing back)
-    spacing: tuple[float, ...]  # mm per voxel along each spatial axis (1.0 for 2D images)
+    spacing: tuple[float, ...]  # mm per voxel along each spatial axis of `data` (1.0 for 2D images)
     kind: str  # "nifti" or "image"
+    axes: tuple[str, ...] | None = None  # axis codes of `data` (nibabel letters: where each axis points)
+    source: SourceGrid | None = None  # the file's grid, when `data` was reoriented from it
 
     @property
     def is_volume(self) -> bool:
         return self.data.ndim == 4
+
+    @property
+    def source_affine(self) -> np.ndarray | None:
+        """The affine of the file as read: the one every written output map carries."""
+        return self.affine if self.source is None else self.source.affine
+
+    @property
+    def source_shape(self) -> tuple[int, ...]:
+        """The spatial shape of the file's array (that of `data` for 2D images and unreoriented scans)."""
+        return tuple(self.data.shape[1:]) if self.source is None else self.source.shape
+
+    def to_canonical(self, values: np.ndarray) -> np.ndarray:
+        """(X, Y, Z, ...) on the file's grid (e.g. its ground truth) -> on the grid of `data`."""
+        if self.source is None:
+            return values
+        from nibabel.orientations import apply_orientation
+
+        return np.ascontiguousarray(apply_orientation(values, self.source.to_canonical))
+
+    def to_source(self, values: np.ndarray) -> np.ndarray:
+        """(X, Y, Z, ...) on the grid of `data` (a mask, a probability map) -> on the file's own grid."""
+        if self.source is None:
+            return values
+        from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
+
+        back = ornt_transform(axcodes2ornt(self.axes), axcodes2ornt(self.source.axes))
+        return np.ascontiguousarray(apply_orientation(values, back))
+
+
+def axis_codes(affine: np.ndarray) -> tuple[str, str, str]:
+    """(4, 4) voxel -> world affine -> the closest axis codes, e.g. ("L", "P", "S") (nibabel's letters)."""
+    import nibabel as nib
+
+    return tuple(nib.aff2axcodes(affine))
+
+
+def reorient(scan: Scan, axes: str) -> Scan:
+    """A volume `Scan` as read -> the same voxels in the orientation `axes` (e.g. "RAS"), sliced along Z.
+
+    Only axis permutations and flips (nibabel's `io_orientation` / `ornt_transform`): no voxel is
+    resampled, so `Scan.to_source` undoes it exactly. The axis closest to `axes[2]` (S/I for an
+    axial model) becomes the slicing axis, whatever plane the file was stored in. 2D images and
+    scans already reoriented come back unchanged.
+    """
+    if not scan.is_volume or scan.source is not None:
+        return scan
+    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+    target = check_axes(axes)
+    shape = tuple(int(n) for n in scan.data.shape[1:])
+    xf = ornt_transform(io_orientation(scan.affine), axcodes2ornt(target))
+    data = np.stack([apply_orientation(c, xf) for c in scan.data])  # (C, X', Y', Z')
+    affine = scan.affine @ inv_ornt_aff(xf, shape)
+    spacing = [0.0, 0.0, 0.0]
+    for src_axis, (dst_axis, _) in enumerate(xf):
+        spacing[int(dst_axis)] = scan.spacing[src_axis]
+    source = SourceGrid(shape=shape, affine=scan.affine, to_canonical=xf, axes=axis_codes(scan.affine))
+    _check_side(data.shape[1:3], f"the volume turned to {''.join(target)} slices")  # the plane the model sees
+    return Scan(
+        data=np.ascontiguousarray(data),
+        affine=affine,
+        header=scan.header,
+        spacing=tuple(spacing),
+        kind=scan.kind,
+        axes=target,
+        source=source,
+    )
 
 
 def _one_line(err: BaseException) -> str:
@@ -171,7 +255,9 @@ def read_nifti(paths: list[str | Path]) -> Scan:
             affine, header, zooms = aff, hdr, zz
         arrays.append(data)
     vol = np.concatenate(arrays, axis=0)
-    _check_side(vol.shape[1:3], paths[0].name)
+    # the slicing plane is known only after `reorient` (which checks it again): here the two longest
+    # axes, so that a sagittal file of a few axial slices' extent still reads
+    _check_side(tuple(sorted(vol.shape[1:])[-2:][::-1]), paths[0].name)
     if any(not (0 < z <= MAX_SPACING_MM) for z in zooms):
         raise InputError(
             f"{paths[0].name}: voxel spacing {zooms} mm is not usable; accepted: each in (0, {MAX_SPACING_MM:g}] mm"
@@ -321,6 +407,16 @@ def write_nifti_labels(labels: np.ndarray, path: str | Path, *, affine: np.ndarr
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1, 0)
     nib.save(img, str(path))
+
+
+def write_scan_labels(labels: np.ndarray, path: str | Path, *, scan: Scan) -> None:
+    """(X, Y, Z) labels on the grid of `scan.data` -> a uint8 NIfTI on the file's own grid, shape and affine."""
+    write_nifti_labels(scan.to_source(labels), path, affine=scan.source_affine, header=scan.header)
+
+
+def write_scan_map(values: np.ndarray, path: str | Path, *, scan: Scan) -> None:
+    """(X, Y, Z) float map on the grid of `scan.data` -> a float32 NIfTI on the file's own grid and affine."""
+    write_nifti_map(scan.to_source(values), path, affine=scan.source_affine)
 
 
 def write_png_labels(labels: np.ndarray, path: str | Path) -> None:

@@ -475,14 +475,19 @@ def segment_volume(
 
 
 def load_case(paths: list, config) -> io.Scan:
-    """Read the files of one case and check they fit the model (modality count)."""
+    """Read the files of one case, check they fit the model (modality count), and turn a volume to the
+    model's orientation (`io.reorient` to `config.orientation`: the slices it was trained on).
+
+    Write maps of the returned scan's grid with `io.write_scan_labels` / `io.write_scan_map`: they go
+    back onto the file's own grid, orientation and affine.
+    """
     scan = io.read_scan(paths)
     if scan.data.shape[0] != config.image_channels:
         raise io.InputError(
             f"the model expects {config.image_channels} modality channel(s) ({', '.join(config.channel_names)}); "
             f"got {scan.data.shape[0]} from {len(paths)} file(s). Give one file per modality, in that order."
         )
-    return scan
+    return io.reorient(scan, config.orientation)
 
 
 @dataclass
@@ -532,6 +537,6 @@ def read_case(
         image = scan.data[..., z]
     labels = None
     if truth:
-        labels = io.read_labels(truth, shape=scan.data.shape[1:], num_classes=config.num_classes)
-        labels = labels[..., z] if z is not None else labels
+        labels = io.read_labels(truth, shape=scan.source_shape, num_classes=config.num_classes)
+        labels = scan.to_canonical(labels)[..., z] if z is not None else labels
     return Case(scan=scan, image=image, z=z, truth=labels, paths=list(map(str, paths)))

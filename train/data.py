@@ -103,10 +103,17 @@ def read_labels(case: Case, data: DataSettings) -> np.ndarray | None:
     return remap(np.asarray(nib.load(str(case.labels)).dataobj), data.label_map)
 
 
-def read_case(case: Case, data: DataSettings) -> tuple[io.Scan, np.ndarray | None]:
-    """Raw scan (C, X, Y, Z) and remapped labels (X, Y, Z); for the images layout (C, H, W) and (H, W)."""
-    scan = io.read_scan(case.images) if data.layout == "images" else io.read_nifti(case.images)
-    return scan, read_labels(case, data)
+def read_case(case: Case, data: DataSettings, config: MedCondDiffConfig) -> tuple[io.Scan, np.ndarray | None]:
+    """Raw scan (C, X, Y, Z) and remapped labels (X, Y, Z); for the images layout (C, H, W) and (H, W).
+
+    Volumes and their labels are turned to `config.orientation` by `io.reorient`, as the pipeline's
+    `load_case` turns every input: the model is trained on the slices it will be given.
+    """
+    if data.layout == "images":
+        return io.read_scan(case.images), read_labels(case, data)
+    scan = io.reorient(io.read_nifti(case.images), config.orientation)
+    labels = read_labels(case, data)
+    return scan, None if labels is None else scan.to_canonical(labels)
 
 
 def read_split(path: str | Path) -> dict[str, list[str]]:
@@ -169,7 +176,7 @@ def build_slices(cases: list[Case], data: DataSettings, config: MedCondDiffConfi
     imgs, labs = [], []
     kind = "image" if data.layout == "images" else "nifti"
     for case in cases:
-        scan, labels = read_case(case, data)
+        scan, labels = read_case(case, data, config)
         held_out = set(range(*data.val_range)) if data.val_range else set()
         for k, (raw, lab) in enumerate(case_slices(scan, labels, data.layout)):
             if (part == "val" and k not in held_out) or (part == "train" and k in held_out):

@@ -147,6 +147,7 @@ def evaluate(
     for case in found:
         scan = load_case(case.images, model.config)  # each case is read once: the scan here, the labels below
         truth = D.read_labels(case, data)
+        truth = scan.to_canonical(truth) if scan.is_volume and truth is not None else truth  # the grid of `pred`
         t0 = time.time()
         pred = predict_case(model, scan, settings, batch_size=batch_size, progress=progress)
         seconds.append(time.time() - t0)

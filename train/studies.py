@@ -72,7 +72,7 @@ def study_consensus(args) -> dict:
     loaded = []
     for case in cases:
         scan = load_case(case.images, model.config)
-        _, truth = D.read_case(case, data)
+        _, truth = D.read_case(case, data, model.config)
         keep = slice(None, None, args.every)  # every Nth slice: the sweep is S x E samplings of each volume
         scan.data, truth = scan.data[..., keep], truth[..., keep]
         loaded.append((case.name, scan, truth))
