@@ -213,6 +213,13 @@ def _read_dataobj(img, path: Path, what: str = "NIfTI file") -> np.ndarray:
         ) from None
 
 
+def read_nifti_voxels(path: str | Path, what: str = "NIfTI file") -> np.ndarray:
+    """One NIfTI file's voxels as float32, as they are stored (no reorientation, no value checks);
+    a missing, empty or unreadable file is an `InputError` naming it."""
+    path = Path(path)
+    return _read_dataobj(_load_nifti(path, what), path, what)
+
+
 def _read_nifti_file(path: Path) -> tuple[np.ndarray, np.ndarray, object, tuple[float, ...]]:
     img = _load_nifti(path)
     data = _read_dataobj(img, path)

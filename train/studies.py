@@ -37,7 +37,7 @@ def study_fusion(args) -> dict:
     for arm in FUSION_ARMS:
         run_dir = out / f"fusion_{arm}"
         if not (run_dir / "weights" / "model.safetensors").is_file():
-            T.main(["--config", f"train/configs/ablation_fusion_{arm}.toml", "--out", str(run_dir), "--no-progress"])
+            T.run(["--config", f"train/configs/ablation_fusion_{arm}.toml", "--out", str(run_dir), "--no-progress"])
         model = load_model(run_dir / "weights")
         data = D.DataSettings(**json.loads((run_dir / "weights" / "training.json").read_text())["data"])
         data.root = args.data

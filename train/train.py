@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from medconddiff.config import MedCondDiffConfig
+from medconddiff.errors import MedCondDiffError
 from medconddiff.diffusion import class_weights_from_counts, hybrid_loss, labels_to_x0, q_sample
 from medconddiff.model import MedCondDiff
 from medconddiff.pipeline import SamplingSettings, segment_model_grid
@@ -233,6 +234,8 @@ def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
     m = run.model
     # CACHE_VERSION changes whenever the library's normalisation or geometry changes
     key = f"v{CACHE_VERSION}_{m.modality}_{m.image_channels}ch_{m.image_size}px_crop{int(m.crop_foreground)}"
+    if run.data.layout != "images":  # volumes are sliced in the model's orientation (`io.reorient`)
+        key += f"_{m.orientation}"
     if run.data.layout == "single":
         tr = D.load_or_build(
             cache,
@@ -273,6 +276,15 @@ def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`run` with a missing or malformed data folder as one line on stderr and exit code 2."""
+    try:
+        return run(argv)
+    except MedCondDiffError as err:  # train.data.DataError, or an unreadable file in the data folder
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.train", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="TOML file under train/configs/")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
