@@ -229,12 +229,12 @@ def segment_api(files, model: str, steps: int, ensemble: int, consensus: str, se
         case = server.case(files, loaded, [], slice_index, None)
         result = segment_slices(loaded.model, [case.image], settings, kind=case.scan.kind)[0]
     with server.request_folder() as folder:
-        io.write_png_labels(result.labels, folder / "mask.png")
+        io.write_png_labels(labels := case.on_file_grid(result.labels), folder / "mask.png")
         mask = server.to_cache(api_mask, folder / "mask.png")
     summary = {
-        "shape": list(result.labels.shape),
+        "shape": list(labels.shape),
         "classes": list(loaded.config.class_names),
-        "areas": [int(a) for a in viz.class_areas(result.labels, loaded.config.num_classes)],
+        "areas": [int(a) for a in viz.class_areas(labels, loaded.config.num_classes)],
         "slice": case.z,
         "model": loaded.name,
         **{k: getattr(settings, k) for k in ("steps", "ensemble", "sampler", "consensus", "seed")},

@@ -397,7 +397,7 @@ class Run:
     def exports(self) -> list[str]:
         """The fused mask as PNG (class indices, array orientation) and, for NIfTI input, a one-slice NIfTI; the GIF."""
         name = f"mask_{self.result.consensus}_{self.version}"
-        io.write_png_labels(self.result.labels, self.folder / f"{name}.png")
+        io.write_png_labels(self.case.on_file_grid(self.result.labels), self.folder / f"{name}.png")
         files = [str(self.folder / f"{name}.png")]
         if self.case.slice_affine is not None:  # the slice at its own place in the scanner's space
             nii = self.folder / f"{name}_slice{self.case.z:03d}.nii.gz"

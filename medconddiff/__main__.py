@@ -130,10 +130,10 @@ def cmd_segment(args) -> int:
         labels = scan.to_source(res.labels)
     else:
         res = segment_image(model, scan.data, settings, kind=scan.kind, ct_window=args.ct_window, keep_trajectory=False)
-        _write(out, lambda p: io.write_png_labels(res.labels, p))
+        labels = scan.to_source(res.labels.astype(np.uint8))  # the input's full size (nearest)
+        _write(out, lambda p: io.write_png_labels(labels, p))
         if args.uncertainty:
-            _write(Path(args.uncertainty), lambda p: io.write_png_map(res.agreement, p))
-        labels = res.labels
+            _write(Path(args.uncertainty), lambda p: io.write_png_map(scan.to_source(res.agreement), p))
     counts = np.bincount(labels.ravel(), minlength=model.config.num_classes)
     found = ", ".join(
         f"{n}: {int(c)}"

@@ -67,6 +67,7 @@ class Scan:
     kind: str  # "nifti" or "image"
     axes: tuple[str, ...] | None = None  # axis codes of `data` (nibabel letters: where each axis points)
     source: SourceGrid | None = None  # the file's grid, when `data` was reoriented from it
+    full_size: tuple[int, int] | None = None  # (H, W) of a 2D file that was reduced at read time
 
     @property
     def is_volume(self) -> bool:
@@ -79,11 +80,15 @@ class Scan:
 
     @property
     def source_shape(self) -> tuple[int, ...]:
-        """The spatial shape of the file's array (that of `data` for 2D images and unreoriented scans)."""
+        """The spatial shape of the file's array (that of `data` unless reoriented or reduced)."""
+        if self.full_size is not None:
+            return self.full_size
         return tuple(self.data.shape[1:]) if self.source is None else self.source.shape
 
     def to_canonical(self, values: np.ndarray) -> np.ndarray:
-        """(X, Y, Z, ...) on the file's grid (e.g. its ground truth) -> on the grid of `data`."""
+        """(X, Y, Z, ...) or (H, W) on the file's grid (e.g. its ground truth) -> on the grid of `data`."""
+        if self.full_size is not None:
+            return resize_nearest(values, tuple(self.data.shape[1:]))
         if self.source is None:
             return values
         from nibabel.orientations import apply_orientation
@@ -91,13 +96,26 @@ class Scan:
         return np.ascontiguousarray(apply_orientation(values, self.source.to_canonical))
 
     def to_source(self, values: np.ndarray) -> np.ndarray:
-        """(X, Y, Z, ...) on the grid of `data` (a mask, a probability map) -> on the file's own grid."""
+        """(X, Y, Z, ...) or (H, W) on the grid of `data` (a mask, a map) -> on the file's own grid.
+
+        A 2D picture reduced at read time (`full_size`) comes back to its size by nearest neighbour.
+        """
+        if self.full_size is not None:
+            return resize_nearest(values, self.full_size)
         if self.source is None:
             return values
         from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
 
         back = ornt_transform(axcodes2ornt(self.axes), axcodes2ornt(self.source.axes))
         return np.ascontiguousarray(apply_orientation(values, back))
+
+
+def resize_nearest(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) map -> (h, w) by nearest neighbour (pixel centres), its dtype kept."""
+    h, w = values.shape[:2]
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64), w - 1)
+    return np.ascontiguousarray(values[rows][:, cols])
 
 
 def axis_codes(affine: np.ndarray) -> tuple[str, str, str]:
@@ -275,11 +293,32 @@ def read_nifti(paths: list[str | Path]) -> Scan:
     return Scan(data=vol, affine=affine, header=header, spacing=zooms, kind="nifti")
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def _reduce(img, max_side: int):
+    """A Pillow image whose longer side exceeds `max_side` -> one about `max_side` long (area average).
+
+    JPEGs are decoded at 1/2, 1/4 or 1/8 scale straight away (`Image.draft`), so a large photograph
+    never exists at full size in memory; the rest is `reduce` (whole factors) and a BOX resize.
+    """
+    from PIL import Image
+
+    w, h = img.size
+    scale = max(max_side / max(w, h), MIN_SIDE / min(w, h))
+    if scale >= 1.0:
+        return img
+    size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
+    if img.format == "JPEG" and img.mode in ("L", "RGB"):
+        img.draft(img.mode, size)  # the smallest DCT scale that still covers `size`
+    if img.mode not in ("L", "RGB", "RGBA", "LA", "I", "F"):  # 16-bit grey: resample as 32-bit
+        img = img.convert("I")
+    return img.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
+
+
+def read_image(path: str | Path, *, max_side: int | None = None) -> np.ndarray:
     """A 2D picture -> (C, H, W) float32 in its own units (0-255, 0-65535, or float).
 
     Grey, palette, RGB, RGBA (alpha dropped), 16-bit and float images are accepted; an RGB image
-    whose three channels are equal is read as grey.
+    whose three channels are equal is read as grey. `max_side`: a picture with a longer side is
+    reduced while it is decoded (`_reduce`), before any float copy exists.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -302,6 +341,9 @@ def read_image(path: str | Path) -> np.ndarray:
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
             if img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
                 img = img.convert("L" if img.mode == "1" else "RGB")
+            if max_side is not None:
+                _check_side((h, w), path.name)
+                img = _reduce(img, max_side)
             arr = np.asarray(img)
     except InputError:
         raise
@@ -326,8 +368,12 @@ def read_image(path: str | Path) -> np.ndarray:
     return arr
 
 
-def read_scan(paths: list[str | Path]) -> Scan:
-    """Read the input files of one case: NIfTI file(s), or one 2D image per modality."""
+def read_scan(paths: list[str | Path], *, max_side: int | None = None) -> Scan:
+    """Read the input files of one case: NIfTI file(s), or one 2D image per modality.
+
+    `max_side`: 2D images with a longer side are reduced at read time (`read_image`); the scan
+    then remembers their `full_size`, and `Scan.to_source` brings maps back to it.
+    """
     if not paths:
         raise InputError("no input file given; accepted: one file per modality (NIfTI volumes or 2D images)")
     kinds = {kind_of(p) for p in paths}
@@ -335,7 +381,8 @@ def read_scan(paths: list[str | Path]) -> Scan:
         raise InputError("mixed NIfTI and 2D image inputs; give one kind per case")
     if kinds == {"nifti"}:
         return read_nifti(paths)
-    chans = [read_image(p) for p in paths]
+    chans = [read_image(p, max_side=max_side) for p in paths]
+    sizes = [_image_size(p) for p in paths] if max_side is not None else []  # each file read fine above
     if len(chans) > 1:
         colour = [Path(p).name for p, c in zip(paths, chans, strict=True) if c.shape[0] != 1]
         if colour:
@@ -346,9 +393,21 @@ def read_scan(paths: list[str | Path]) -> Scan:
         if len({c.shape for c in chans}) > 1:
             sizes = ", ".join(f"{Path(p).name} {c.shape[2]}x{c.shape[1]}" for p, c in zip(paths, chans, strict=True))
             raise InputError(f"modality images differ in size ({sizes}); accepted: images of one size")
+    if len(set(sizes)) > 1:
+        listed = ", ".join(f"{Path(p).name} {w}x{h}" for p, (h, w) in zip(paths, sizes, strict=True))
+        raise InputError(f"modality images differ in size ({listed}); accepted: images of one size")
     data = np.concatenate(chans, axis=0)
     _check_values(data, Path(paths[0]).name)
-    return Scan(data=data, affine=None, header=None, spacing=(1.0, 1.0), kind="image")
+    full = sizes[0] if sizes and sizes[0] != tuple(data.shape[1:]) else None
+    return Scan(data=data, affine=None, header=None, spacing=(1.0, 1.0), kind="image", full_size=full)
+
+
+def _image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of a 2D picture that `read_image` has read, from its header alone (no pixels decoded)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.size[1], img.size[0]
 
 
 def read_labels(path: str | Path, *, shape: tuple[int, ...], num_classes: int) -> np.ndarray:

@@ -28,8 +28,8 @@ import torch
 import torch.distributed as dist
 
 from medconddiff.config import MedCondDiffConfig
-from medconddiff.errors import MedCondDiffError
 from medconddiff.diffusion import class_weights_from_counts, hybrid_loss, labels_to_x0, q_sample
+from medconddiff.errors import MedCondDiffError
 from medconddiff.model import MedCondDiff
 from medconddiff.pipeline import SamplingSettings, segment_model_grid
 
