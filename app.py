@@ -129,7 +129,7 @@ def run_segment(
     window = ct_window or config.ct_window
     server.drop_run(old_run)
     base = viz.slice_picture(case.image, config, kind=case.scan.kind, ct_window=window)
-    run, started = server.Run(case=case, config=config, base=base), time.perf_counter()
+    run, started = server.Run(case=case, config=config, base=base, ct_window=window), time.perf_counter()
     progress(0, desc="encoding the image")
     sampling = iter_segment_slices(
         loaded.model, [case.image], settings, kind=case.scan.kind, ct_window=window, keep_trajectory=True
@@ -210,7 +210,7 @@ def run_volume(files, choice, custom, ct_window, steps, sampler, ensemble, conse
         out = folder / f"mask_{settings.consensus}.nii.gz"
         io.write_scan_labels(res.labels, out, scan=case.scan)  # back on the upload's grid and orientation
         path = server.to_cache(volume_file, out)
-    return path, f"Segmented all {case.scan.data.shape[-1]} slices: the mask has the upload's shape and affine."
+    return path, server.volume_message(loaded.config, case.scan, res, window)
 
 
 @server.gpu

@@ -35,7 +35,15 @@ from medconddiff import hub, io, viz
 from medconddiff.config import MedCondDiffConfig
 from medconddiff.errors import InputError, MedCondDiffError, SettingsError, WeightsError
 from medconddiff.examples import EXAMPLES_DIR, Example, thumbnail
-from medconddiff.pipeline import Case, Result, SamplingSettings, load_case, read_case, resolve_device
+from medconddiff.pipeline import (
+    Case,
+    Result,
+    SamplingSettings,
+    check_input,
+    load_case,
+    read_case,
+    resolve_device,
+)
 
 MAX_FILE_SIZE = "200mb"  # per upload; Gradio refuses larger files before they reach a handler
 MAX_STEPS, MAX_ENSEMBLE, MAX_WORK = 50, 8, 100  # per run: steps, members, steps x members (bounds memory)
@@ -342,6 +350,8 @@ class Run:
     gif: str | None = None
     plot: str | None = None
     version: int = 0  # bumped at every re-fusion: unique export names
+    ct_window: str | None = None  # the window the slice was sampled with (CT NIfTI)
+    warning: str | None = None  # the input check's note (`pipeline.check_input`), shown with the legend
     _probs: np.ndarray | None = None  # (K, H, W) the last step's x0-hat probabilities
 
     @property
@@ -370,6 +380,8 @@ class Run:
     def finish(self, result: Result) -> None:
         """The sampling ended: keep the result, write the trajectory GIF and plot."""
         self.result = result
+        check = check_input(self.config, [self.case.image], [result.entropy], kind=self.kind, ct_window=self.ct_window)
+        self.warning = check.message if check is not None else None
         self.gif = str(viz.write_gif(self.frames, self.folder / "trajectory.gif"))
         plot = viz.trajectory_picture(self.per_step, self.config.class_names, self.case.truth)
         Image.fromarray(plot).save(self.folder / "trajectory.png")
@@ -387,7 +399,9 @@ class Run:
         )
 
     def legend(self) -> str:
-        return viz.legend_html(self.result.labels, self.config.class_names, title=self.result.consensus)
+        """The class legend, after the input check's warning when it has one (a visible note, not an error)."""
+        html = viz.legend_html(self.result.labels, self.config.class_names, title=self.result.consensus)
+        return (ood_note(self.warning) if self.warning else "") + html
 
     def dice_table(self) -> str:
         if self.case.truth is None:
@@ -428,6 +442,24 @@ def dropped_on_error(run: Run) -> Iterator[None]:
 
 
 # -- serving ----------------------------------------------------------------------------------------
+
+
+def ood_note(message: str) -> str:
+    """The input check's warning as a visible HTML note (class `mcd-warning`, styled inline)."""
+    import html
+
+    style = "background:#fff3cd;color:#664d03;padding:6px 10px;border-radius:6px;margin-bottom:6px"
+    text = html.escape(message[0].upper() + message[1:])
+    return f'<div class="mcd-warning" role="note" style="{style}">⚠ {text}</div>'
+
+
+def volume_message(config: MedCondDiffConfig, scan: io.Scan, res, ct_window: str | None) -> str:
+    """What the whole-volume run says when done: the mask's grid, and the input check's warning if any."""
+    z = scan.data.shape[-1]
+    slices, entropy = [scan.data[..., k] for k in range(z)], [res.entropy[..., k] for k in range(z)]
+    check = check_input(config, slices, entropy, kind=scan.kind, ct_window=ct_window)
+    done = f"Segmented all {z} slices: the mask has the upload's shape, orientation and affine."
+    return done + (f" **Warning: {check.message}.**" if check is not None and check.message else "")
 
 
 def launch_kwargs(*, css: str = "", host: str | None = None, port: int | None = None) -> dict:

@@ -92,7 +92,7 @@ def cmd_segment(args) -> int:
     from . import io
     from .config import MedCondDiffConfig
     from .hub import CONFIG_NAME, load_folder, resolve
-    from .pipeline import SamplingSettings, load_case, resolve_device, segment_image, segment_volume
+    from .pipeline import SamplingSettings, check_input, load_case, resolve_device, segment_image, segment_volume
 
     out = Path(args.output)
     kind = io.kind_of(args.inputs[0])
@@ -134,6 +134,14 @@ def cmd_segment(args) -> int:
         _write(out, lambda p: io.write_png_labels(labels, p))
         if args.uncertainty:
             _write(Path(args.uncertainty), lambda p: io.write_png_map(scan.to_source(res.agreement), p))
+    if scan.is_volume:
+        slices = [scan.data[..., k] for k in range(scan.data.shape[-1])]  # views, no copies
+        entropy = [res.entropy[..., k] for k in range(scan.data.shape[-1])]
+        check = check_input(config, slices, entropy, kind=scan.kind, ct_window=args.ct_window)
+    else:
+        check = check_input(config, [scan.data], [res.entropy], kind=scan.kind, ct_window=args.ct_window)
+    if check is not None and check.message:  # a warning, not a refusal: the mask is written all the same
+        print(f"warning: {check.message}", file=sys.stderr)
     counts = np.bincount(labels.ravel(), minlength=model.config.num_classes)
     found = ", ".join(
         f"{n}: {int(c)}"

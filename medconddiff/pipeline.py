@@ -8,7 +8,7 @@ files --io.read_scan--> Scan --io.normalise--> (C, H, W) or (C, X, Y, Z)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from . import io
+from . import io, ood
 from .consensus import Consensus, fuse
 from .errors import SettingsError
 from .sampler import SamplingSettings, StepRecord, sample_loop, trajectory_buffer
@@ -477,6 +477,33 @@ def segment_volume(
 # a 2D picture is reduced at read time to at most this many times the model's image size: the crop
 # to the foreground keeps detail, and a 4000 px photograph costs about what a 512 px one does
 READ_SIDE_FACTOR = 4
+
+
+def check_input(
+    config: MedCondDiffConfig,
+    slices: Iterable[np.ndarray],
+    entropy_maps: Iterable[np.ndarray],
+    *,
+    kind: str,
+    ct_window: str | None = None,
+) -> ood.Assessment | None:
+    """Raw slices [(C, H, W), ...] and the entropy maps [(H, W), ...] of their results -> the input
+    check (`ood.assess`): a plain warning when they do not look like the model's training inputs.
+
+    Each slice is prepared exactly as it was for sampling (`prepare_slice`); empty slices are
+    skipped. None when the model's config.json stores no `input_stats`.
+    """
+    if not config.input_stats:
+        return None
+    bg = io.background_value(config)
+    feats, ents = [], []
+    for raw, entropy in zip(slices, entropy_maps, strict=True):
+        p = prepare_slice(raw, config, kind=kind, ct_window=ct_window)
+        f = None if p.image is None else ood.slice_features(p.image.numpy(), bg)
+        if f is not None:
+            feats.append(f)
+            ents.append(ood.mean_entropy(entropy, ood.content_mask(p.normalised, bg)))
+    return ood.assess(config, feats, ents)
 
 
 def load_case(paths: list, config) -> io.Scan:

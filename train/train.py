@@ -450,6 +450,12 @@ def run(argv: list[str] | None = None) -> int:
                 indent=2,
             )
         )
+        from .input_stats import compute, describe, write
+
+        stats = compute(ema.eval(), train_set, description=describe(run.model, run.data))  # for the input check
+        ema.config.input_stats = stats
+        write(out / "weights", stats)
+        log.info("input_stats from %d training slices written to config.json", stats["slices"])
         if args.push_to_hub:
             ema.push_to_hub(args.push_to_hub)
     if world > 1:
