@@ -57,7 +57,7 @@ class Scan:
 
     A volume from `reorient` holds its data in the model's canonical orientation (`axes`), with
     `affine` describing that array; `source` remembers the file's own grid so that every output
-    map is written back there (`to_source`, `write_nifti_labels(..., scan=)`).
+    map is written back there (`to_source`, `write_scan_labels(..., scan=)`).
     """
 
     data: np.ndarray  # (C, H, W) for 2D images, (C, X, Y, Z) for volumes; float32

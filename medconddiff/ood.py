@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 VERSION = 1
 PER_CHANNEL = ("mean", "std", "p01", "p50", "p99", "edge")
 WIDEN = 0.25  # a feature's range: the training slices' 0.5th-99.5th percentiles, widened by this share each side
-MIN_OUTSIDE = 2  # a slice is unlike the training slices when at least this many features leave their range
+MIN_OUTSIDE = 1  # a slice is unlike the training slices when at least this many features leave their range
 ENTROPY_FACTOR = 2.0  # "very uncertain": mean entropy above this many times the training slices' 99th percentile
 MIN_ENTROPY_LIMIT = 0.05
 
@@ -132,7 +132,7 @@ def assess(config: MedCondDiffConfig, features: list[np.ndarray], entropies: lis
     None when the model stores no `input_stats` (or stats of another feature set)."""
     stats = config.input_stats
     names = feature_names(config.image_channels)
-    if not stats or stats.get("version") != VERSION or list(stats.get("features", {})) != names:
+    if not stats or stats.get("version") != VERSION or set(stats.get("features", {})) != set(names):
         return None
     low = np.array([stats["features"][n]["low"] for n in names])
     high = np.array([stats["features"][n]["high"] for n in names])

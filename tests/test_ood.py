@@ -46,7 +46,7 @@ def test_features_inside_the_ranges_pass_and_far_outside_warn():
     unsure = ood.assess(config, inside, [0.9] * 5)
     assert unsure.uncertain and not unsure.unusual_input and "unusually uncertain" in unsure.message
     one_off = [f.copy() for f in inside]
-    one_off[0][0] = 50.0  # a single feature of a single slice: not enough
+    one_off[0][0] = 50.0  # one slice of five outside: not a majority of the input
     assert ood.assess(config, one_off, [0.01] * 5).message is None
 
 
@@ -92,6 +92,8 @@ def test_input_stats_writes_a_config_that_loads_and_keeps_every_other_field(tiny
     loaded = load_folder(folder)
     assert loaded.config.input_stats["slices"] == 6 and loaded.config.input_stats["entropy"]["slices"] == 3
     assert loaded.config.input_stats["foreground_fraction"] == pytest.approx(100 / 4096, abs=1e-5)
+    feature = ood.slice_features(images[0].numpy(), 0.0)
+    assert ood.assess(loaded.config, [feature], [0.0]).message is None  # config.json's sorted keys still match
 
 
 @pytest.fixture

@@ -90,6 +90,7 @@ def pick_slices(data: D.DataSettings, part: str, config: MedCondDiffConfig, n: i
     if kind == "image":
         chosen = [cases[i] for i in np.unique(np.linspace(0, len(cases) - 1, min(n, len(cases))).round().astype(int))]
         return [adapt(D.read_case(c, data, config)[0].data, config.image_channels) for c in chosen], kind
+    cases = [cases[i] for i in np.unique(np.linspace(0, len(cases) - 1, min(n, len(cases))).round().astype(int))]
     pool = []  # (case index, slice index)
     scans = []
     for ci, case in enumerate(cases):
