@@ -45,7 +45,9 @@ def expected_layout(data: DataSettings) -> str:
 
 
 def _fail(root: Path, data: DataSettings, what: str) -> DataError:
-    return DataError(f"{what} (looked in {root.resolve()}); expected the {data.layout!r} layout: {expected_layout(data)}")
+    return DataError(
+        f"{what} (looked in {root.resolve()}); expected the {data.layout!r} layout: {expected_layout(data)}"
+    )
 
 
 @dataclass
