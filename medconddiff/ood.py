@@ -34,6 +34,27 @@ def feature_names(channels: int) -> list[str]:
     return names + [f"corr_c{a}_c{b}" for a in range(channels) for b in range(a + 1, min(channels, 3))]
 
 
+_WORDS = {
+    "mean": "mean",
+    "std": "contrast",
+    "p01": "darkest 1%",
+    "p50": "median",
+    "p99": "brightest 1%",
+    "edge": "edges",
+}
+
+
+def plain_name(name: str, channel_names: list[str]) -> str:
+    """A feature name in words: 'c0_p99' -> 'FLAIR brightest 1%', 'corr_c0_c1' -> 'FLAIR-T1c correlation'."""
+    if name == "content_fraction":
+        return "share of the image with content"
+    parts = name.split("_")
+    if parts[0] == "corr":
+        a, b = (channel_names[int(p[1:])] for p in parts[1:])
+        return f"{a}-{b} correlation"
+    return f"{channel_names[int(parts[0][1:])]} {_WORDS.get(parts[1], parts[1])}"
+
+
 def content_mask(image: np.ndarray, background: float) -> np.ndarray:
     """(C, H, W) normalised image -> (H, W) pixels that differ from empty space in any channel."""
     return (np.abs(image - background) > 1e-6).any(axis=0)
@@ -150,8 +171,8 @@ def assess(config: MedCondDiffConfig, features: list[np.ndarray], entropies: lis
     what = stats.get("description") or f"{'/'.join(config.channel_names)} {config.modality}"
     reasons = []
     if a.unusual_input:
-        worst = sorted(a.outside, key=lambda k: -a.outside[k])[:3]
-        reasons.append(f"{a.unlike} of {a.slices} slice(s) outside the training range of {', '.join(worst)}")
+        worst = [plain_name(k, config.channel_names) for k in sorted(a.outside, key=lambda k: -a.outside[k])[:3]]
+        reasons.append(f"{a.unlike} of {a.slices} slice(s) outside the training range of: {', '.join(worst)}")
     if a.uncertain:
         reasons.append(f"the model is unusually uncertain (mean entropy {a.entropy:.2f}, training <= {limit:.2f})")
     if reasons:

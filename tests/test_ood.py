@@ -42,7 +42,8 @@ def test_features_inside_the_ranges_pass_and_far_outside_warn():
     far = [f + 10.0 for f in inside]
     loud = ood.assess(config, far, [0.01] * 5)
     assert loud.unusual_input and loud.message.startswith("this does not look like the test MRI this model was")
-    assert "5 of 5 slice(s) outside the training range" in loud.message
+    assert "5 of 5 slice(s) outside the training range of: FLAIR " in loud.message
+    assert ood.plain_name("corr_c0_c1", ["FLAIR", "T1c"]) == "FLAIR-T1c correlation"
     unsure = ood.assess(config, inside, [0.9] * 5)
     assert unsure.uncertain and not unsure.unusual_input and "unusually uncertain" in unsure.message
     one_off = [f.copy() for f in inside]
@@ -122,3 +123,26 @@ def test_the_command_line_warns_on_a_picture_unlike_brain_mri_and_not_on_a_brats
     ct = [EXAMPLES / "ct_z088.png", EXAMPLES / "ct_z088.png"]  # an abdominal CT given as FLAIR and T1c
     err = brats_cli(ct, tmp_path / "ct.png")
     assert err.startswith("warning: this does not look like the FLAIR/T1c") and err.count("\n") == 1
+
+
+def test_the_app_shows_the_warning_as_a_note_and_in_the_volume_message():
+    """demo_server's wording (the app wires it): a BraTS slab read by the CT model is flagged, by the BraTS model not."""
+    from types import SimpleNamespace
+
+    import demo_server as server
+    from medconddiff import hub
+    from medconddiff.pipeline import load_case
+
+    models = hub.bundled_models()
+    if not {"brats-demo", "abdomen-ct-demo"} <= set(models):
+        pytest.skip("the shipped weights are not bundled")
+    brats = MedCondDiffConfig.from_json(hub.resolve("brats-demo") / "config.json")
+    ct = MedCondDiffConfig.from_json(hub.resolve("abdomen-ct-demo") / "config.json")
+    slab = [EXAMPLES / f"brats_pat0004_slab_{m}.nii.gz" for m in ("flair", "t1c")]
+    for config, files, warned in ((brats, slab, False), (ct, slab[:1], True)):
+        scan = load_case(files, config)
+        res = SimpleNamespace(entropy=np.zeros(scan.data.shape[1:], np.float32))  # a certain result
+        text = server.volume_message(config, scan, res, None)
+        assert text.startswith("Segmented all 6 slices") and ("**Warning: this does not look like" in text) == warned
+    note = server.ood_note("this does not look like the <CT> this model was trained on")
+    assert 'role="note"' in note and "This does not look like the &lt;CT&gt;" in note

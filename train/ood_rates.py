@@ -1,6 +1,6 @@
 """How often the out-of-domain warning fires: each model on its own held-out data and on the other datasets.
 
-    python -m train.ood_rates [--weights-root assets/weights] [--data ../shared/data] [--slices 24] [--json OUT]
+    python -m train.ood_rates [--weights-root assets/weights] [--data ../shared/data] [--slices 16] [--json OUT]
 
 Every weights folder under --weights-root whose config.json holds `input_stats` is checked (so a new
 model is picked up by adding its folder). Its own data is the folder named in its training.json,
@@ -142,7 +142,7 @@ def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.ood_rates", description=__doc__.split("\n")[0])
     ap.add_argument("--weights-root", default=str(REPO / "assets" / "weights"))
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--slices", type=int, default=24, help="slices (or images) per dataset")
+    ap.add_argument("--slices", type=int, default=16, help="slices (or images) per dataset")
     ap.add_argument("--json", default=None, help="also write the counts here")
     args = ap.parse_args(argv)
     data_root = Path(args.data)
