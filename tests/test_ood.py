@@ -117,11 +117,11 @@ def brats_cli(capfd):
     return run
 
 
-def test_the_command_line_warns_on_a_picture_unlike_brain_mri_and_not_on_a_brats_slice(brats_cli, tmp_path):
+def test_the_command_line_warns_on_a_ct_volume_and_not_on_a_brats_slice(brats_cli, tmp_path):
     brats = [EXAMPLES / f"brats_pat0004_z096_{m}.png" for m in ("flair", "t1c")]
     assert "warning" not in brats_cli(brats, tmp_path / "brats.png")
-    ct = [EXAMPLES / "ct_z088.png", EXAMPLES / "ct_z088.png"]  # an abdominal CT given as FLAIR and T1c
-    err = brats_cli(ct, tmp_path / "ct.png")
+    ct = [EXAMPLES / "ct_slab.nii.gz", EXAMPLES / "ct_slab.nii.gz"]  # an abdominal CT (HU) given as FLAIR and T1c
+    err = brats_cli(ct, tmp_path / "ct.nii.gz")
     assert err.startswith("warning: this does not look like the FLAIR/T1c") and err.count("\n") == 1
 
 
