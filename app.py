@@ -117,7 +117,7 @@ def run_segment(
     window = ct_window or config.ct_window
     server.drop_run(old_run)
     base = viz.slice_picture(case.image, config, kind=case.scan.kind, ct_window=window)
-    run, started = server.Run(case=case, config=config, base=base), time.perf_counter()
+    run, started = server.Run(case=case, config=config, base=base, ct_window=window), time.perf_counter()
     progress(0, desc="encoding the image")
     sampling = iter_segment_slices(loaded.model, [case.image], settings, **case.reading(window), keep_trajectory=True)
     with server.user_errors(), server.dropped_on_error(run):
@@ -219,10 +219,10 @@ def run_volume(files, choice, custom, ct_window, steps, sampler, ensemble, conse
         res = segment_volume(loaded.model, case.scan.data, settings, **case.reading(window), progress=report)
     with server.request_folder() as folder:
         out = folder / f"mask_{settings.consensus}.nii.gz"
-        io.write_nifti_labels(res.labels, out, affine=case.scan.affine, header=case.scan.header)
+        io.write_scan_labels(res.labels, out, scan=case.scan)  # back on the upload's grid and orientation
         path = server.to_cache(volume_file, out)
     scores = server.volume_scores(res.labels, truth_volume, loaded.config)
-    return path, f"Segmented all {depth} slices: the mask has the upload's shape and affine.\n\n{scores}"
+    return path, server.volume_message(loaded.config, case.scan, res, window) + f"\n\n{scores}"
 
 
 @server.gpu
@@ -241,12 +241,12 @@ def segment_api(files, model: str, steps: int, ensemble: int, consensus: str, se
         case = server.case(files, loaded, [], slice_index, None)
         result = segment_slices(loaded.model, [case.image], settings, **case.reading())[0]
     with server.request_folder() as folder:
-        io.write_png_labels(result.labels, folder / "mask.png")
+        io.write_png_labels(labels := case.on_file_grid(result.labels), folder / "mask.png")
         mask = server.to_cache(api_mask, folder / "mask.png")
     summary = {
-        "shape": list(result.labels.shape),
+        "shape": list(labels.shape),
         "classes": list(loaded.config.class_names),
-        "areas": [int(a) for a in viz.class_areas(result.labels, loaded.config.num_classes)],
+        "areas": [int(a) for a in viz.class_areas(labels, loaded.config.num_classes)],
         "slice": case.z,
         "model": loaded.name,
         **{k: getattr(settings, k) for k in ("steps", "ensemble", "sampler", "consensus", "seed")},

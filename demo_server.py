@@ -36,7 +36,15 @@ from medconddiff import hub, io, modelcard, teaching, viz
 from medconddiff.config import MedCondDiffConfig
 from medconddiff.errors import InputError, MedCondDiffError, SettingsError, WeightsError
 from medconddiff.examples import EXAMPLES_DIR, Example, thumbnail
-from medconddiff.pipeline import Case, Result, SamplingSettings, load_case, read_case, resolve_device
+from medconddiff.pipeline import (
+    Case,
+    Result,
+    SamplingSettings,
+    check_input,
+    load_case,
+    read_case,
+    resolve_device,
+)
 
 MAX_FILE_SIZE = "200mb"  # per upload; Gradio refuses larger files before they reach a handler
 MAX_STEPS, MAX_ENSEMBLE, MAX_WORK = 50, 8, 100  # per run: steps, members, steps x members (bounds memory)
@@ -327,7 +335,8 @@ def volume_truth(truth_file, case: Case, config: MedCondDiffConfig) -> np.ndarra
     found = paths(truth_file)
     if not found:
         return None
-    return io.read_labels(found[0], shape=case.scan.data.shape[1:], num_classes=config.num_classes)
+    labels = io.read_labels(found[0], shape=case.scan.source_shape, num_classes=config.num_classes)
+    return case.scan.to_canonical(labels)  # on the grid the volume was segmented on
 
 
 def volume_scores(labels: np.ndarray, truth: np.ndarray | None, config: MedCondDiffConfig) -> str:
@@ -381,13 +390,14 @@ def preview(component, case: Case, config: MedCondDiffConfig, ct_window: str | N
     """The slice (its ground truth drawn on) as a file in `component`'s Gradio cache, and a line saying what it is."""
     picture = viz.slice_picture(case.image, config, kind=case.scan.kind, ct_window=ct_window, truth=case.truth)
     with request_folder() as folder:
-        path = to_cache(component, Path(save_picture(picture, folder / "preview.png", case.scan.kind)))
+        path = to_cache(component, Path(save_picture(picture, folder / "preview.png", case.scan.kind, case.scan.axes)))
     return path, case.summary(config.channel_names)
 
 
-def save_picture(picture: np.ndarray, path: Path, kind: str) -> str:
-    """Write an (H, W, 3) array-orientation picture in display orientation (PNG, fast compression); its path."""
-    Image.fromarray(viz.fit(viz.display_orientation(picture, kind), max_side=MAX_SIDE)).save(path, compress_level=1)
+def save_picture(picture: np.ndarray, path: Path, kind: str, axes: tuple[str, ...] | None = None) -> str:
+    """Write an (H, W, 3) array-orientation picture as a viewer shows it (`viz.for_viewer`: radiological,
+    with orientation letters for NIfTI slices; PNG, fast compression); its path."""
+    Image.fromarray(viz.for_viewer(picture, kind, axes, max_side=MAX_SIDE)).save(path, compress_level=1)
     return str(path)
 
 
@@ -444,6 +454,8 @@ class Run:
     version: int = 0  # bumped at every re-fusion: unique export names
     times: list[float] = field(default_factory=list)  # t of each step
     members: list[tuple[str, str]] = field(default_factory=list)  # (file, caption) of each member's x0-hat, E > 1
+    ct_window: str | None = None  # the window the slice was sampled with (CT NIfTI)
+    warning: str | None = None  # the input check's note (`pipeline.check_input`), shown with the legend
     _probs: np.ndarray | None = None  # (K, H, W) the last step's x0-hat probabilities
     _last: object = field(default=None, repr=False)  # the last pipeline.SliceStep (its members' x0-hat)
 
@@ -451,16 +463,21 @@ class Run:
     def kind(self) -> str:
         return self.case.scan.kind
 
+    @property
+    def axes(self) -> tuple[str, ...] | None:
+        return self.case.scan.axes
+
     def add_step(self, step) -> tuple[str, str, str]:
         """Draw and save one `pipeline.SliceStep` of this run's slice; the paths of its x_t, x0-hat and change pictures."""
         i, n = step.index, step.num_steps
         pics = viz.StepPictures(step, self.base, prev_probs=self._probs)
         named = {"xt": pics.noisy, "x0": pics.x0, "change": pics.change}
-        files = tuple(save_picture(p, self.folder / f"{k}-{i:03d}.png", self.kind) for k, p in named.items())
+        files = tuple(save_picture(p, self.folder / f"{k}-{i:03d}.png", self.kind, self.axes) for k, p in named.items())
         flipped = int((pics.labels != self.per_step[-1]).sum()) if self.per_step else None
         self.step_files.append(files)
         self.captions.append(viz.step_caption(i, n, step.t, step.logsnr, flipped))
-        self.frames.append(viz.caption(viz.side_by_side([pics.noisy, pics.x0]), f"step {i + 1}/{n}  t={step.t:.2f}"))
+        shown = [viz.for_viewer(viz.upscale(p, min_side=200), self.kind, self.axes) for p in (pics.noisy, pics.x0)]
+        self.frames.append(viz.caption(viz.side_by_side(shown), f"step {i + 1}/{n}  t={step.t:.2f}"))
         self.per_step.append(pics.labels)
         self.times.append(float(step.t))
         self._probs, self._last = pics.probs, step
@@ -469,15 +486,16 @@ class Run:
     def finish(self, result: Result) -> None:
         """The sampling ended: keep the result, write the trajectory GIF and plot."""
         self.result = result
-        frames = [viz.upscale(viz.display_orientation(f, self.kind), min_side=200) for f in self.frames]
-        self.gif = str(viz.write_gif(frames, self.folder / "trajectory.gif"))
+        check = check_input(self.config, [self.case.image], [result.entropy], **self.case.reading(self.ct_window))
+        self.warning = check.message if check is not None else None
+        self.gif = str(viz.write_gif(self.frames, self.folder / "trajectory.gif"))
         plot = viz.trajectory_picture(self.per_step, self.config.class_names, self.case.truth)
         Image.fromarray(plot).save(self.folder / "trajectory.png")
         self.plot = str(self.folder / "trajectory.png")
         if self._last is not None and self._last.logits.shape[0] > 1:
             pictures = teaching.member_pictures(self._last, self.base)
             self.members = [
-                (save_picture(p, self.folder / f"member-{e}.png", self.kind), f"member {e + 1}")
+                (save_picture(p, self.folder / f"member-{e}.png", self.kind, self.axes), f"member {e + 1}")
                 for e, p in enumerate(pictures)
             ]
         self._last = None  # the step's tensors are not needed any more
@@ -487,7 +505,7 @@ class Run:
         if self.case.truth is None:
             return None
         picture = viz.overlay(self.base, self.case.truth, viz.class_colours(self.config.num_classes), alpha=0.55)
-        return save_picture(picture, self.folder / "truth.png", self.kind)
+        return save_picture(picture, self.folder / "truth.png", self.kind, self.axes)
 
     def schedule_plot(self, step: int | None = None, t_mark: float | None = None) -> str:
         """The noise schedule with this run's timesteps, step `step` (1-based) highlighted, as a file."""
@@ -501,7 +519,7 @@ class Run:
     def forward(self, t: float) -> tuple[str, str]:
         """q(x_t | x0) at t for the ground truth (else the fused mask), as a file, and its caption."""
         source = self.case.truth if self.case.truth is not None else self.result.labels
-        picture, text = teaching.forward_picture(source, float(t), self.config, kind=self.kind)
+        picture, text = teaching.forward_picture(source, float(t), self.config, kind=self.kind, axes=self.axes)
         what = "the ground truth" if self.case.truth is not None else "the fused mask (no ground truth given)"
         path = save_picture(picture, self.folder / f"forward-{round(float(t) * 1000)}.png", "image")
         return path, f"Noising {what}. {text}"
@@ -513,8 +531,8 @@ class Run:
         picture, _ = teaching.uncertainty_picture(self.uncertainty(measure), self.base)
         tag = f"{res.consensus}-{self.version}"
         return (
-            save_picture(fused, self.folder / f"consensus-{tag}-{round(opacity * 100)}.png", self.kind),
-            save_picture(picture, self.folder / f"uncertainty-{tag}-{measure}.png", self.kind),
+            save_picture(fused, self.folder / f"consensus-{tag}-{round(opacity * 100)}.png", self.kind, self.axes),
+            save_picture(picture, self.folder / f"uncertainty-{tag}-{measure}.png", self.kind, self.axes),
         )
 
     def uncertainty(self, measure: str) -> np.ndarray:
@@ -528,7 +546,9 @@ class Run:
         return bar
 
     def legend(self) -> str:
-        return viz.legend_html(self.result.labels, self.config.class_names, title=self.result.consensus)
+        """The class legend, after the input check's warning when it has one (a visible note, not an error)."""
+        html = viz.legend_html(self.result.labels, self.config.class_names, title=self.result.consensus)
+        return (ood_note(self.warning) if self.warning else "") + html
 
     def dice_table(self) -> str:
         if self.case.truth is None:
@@ -538,7 +558,7 @@ class Run:
     def exports(self) -> list[str]:
         """The fused mask as PNG (class indices, array orientation) and, for NIfTI input, a one-slice NIfTI; the GIF."""
         name = f"mask_{self.result.consensus}_{self.version}"
-        io.write_png_labels(self.result.labels, self.folder / f"{name}.png")
+        io.write_png_labels(self.case.on_file_grid(self.result.labels), self.folder / f"{name}.png")
         files = [str(self.folder / f"{name}.png")]
         if self.case.slice_affine is not None:  # the slice at its own place in the scanner's space
             nii = self.folder / f"{name}_slice{self.case.z:03d}.nii.gz"
@@ -641,6 +661,24 @@ def picture(label: str, elem_id: str, *, pixels: bool = True, **kwargs) -> gr.Im
 
 
 # -- serving ----------------------------------------------------------------------------------------
+
+
+def ood_note(message: str) -> str:
+    """The input check's warning as a visible HTML note (class `mcd-warning`, styled inline)."""
+    import html
+
+    style = "background:#fff3cd;color:#664d03;padding:6px 10px;border-radius:6px;margin-bottom:6px"
+    text = html.escape(message[0].upper() + message[1:])
+    return f'<div class="mcd-warning" role="note" style="{style}">⚠ {text}</div>'
+
+
+def volume_message(config: MedCondDiffConfig, scan: io.Scan, res, ct_window: str | None) -> str:
+    """What the whole-volume run says when done: the mask's grid, and the input check's warning if any."""
+    z = scan.data.shape[-1]
+    slices, entropy = [scan.data[..., k] for k in range(z)], [res.entropy[..., k] for k in range(z)]
+    check = check_input(config, slices, entropy, kind=scan.kind, ct_window=ct_window, spacing=scan.slice_spacing)
+    done = f"Segmented all {z} slices: the mask has the upload's shape, orientation and affine."
+    return done + (f" **Warning: {check.message}.**" if check is not None and check.message else "")
 
 
 def launch_kwargs(*, css: str = "", host: str | None = None, port: int | None = None) -> dict:

@@ -3,7 +3,7 @@
     python benchmarks/report.py --update benchmarks/RESULTS.md benchmarks/results/*.json
     python benchmarks/report.py benchmarks/results/bench.json      # the sections, to stdout
 
-Reads what `bench.py`, `ablate.py` and `load.py` write with --json (any subset, each file recognised
+Reads what `bench.py`, `ablate.py`, `load.py` and `big_images.py` write with --json (any subset, each file recognised
 by its keys) and renders tables only; every number comes from the JSON. The prose (what each arm
 means, which options the library keeps and why) is written in RESULTS.md itself, around
 `<!-- begin NAME -->` ... `<!-- end NAME -->` markers; `--update` replaces what lies between them.
@@ -30,6 +30,8 @@ def load_inputs(paths: list[Path]) -> dict[str, dict]:
             if "users" in data and "checks" in data
             else "ablate"
             if "sizes" in data and "repeats" in data
+            else "big_images"
+            if data.get("kind") == "big_images"
             else None
         )
         if kind is None:
@@ -211,6 +213,27 @@ def load_section(load: dict) -> list[str]:
     return out + (["", "Failures:", "", *[f"- `{f}`" for f in failures[:20]]] if failures else [])
 
 
+def big_images_section(big: dict) -> list[str]:
+    """Large 2D inputs vs a small one, and a whole volume, through the command line (start-up included)."""
+    rows = []
+    for name, arm in big["arms"].items():
+        ratio = "1 (reference)" if name == f"png_{big['small_side']}" else ""
+        ratio = ratio or f"x{big['ratio_big_png_vs_small' if name.startswith('png') else 'ratio_big_jpg_vs_small']:.2f}"
+        kind, side = name.split("_")
+        rows.append(
+            [f"{kind.upper()} pair, {side}x{side}", "x".join(map(str, arm["mask_shape"])), _s(arm["median_seconds"])]
+            + [ratio, f"{arm['max_peak_rss_mb']:.0f} MB"]
+        )
+    vol = big["volume"]
+    rows.append(
+        [f"NIfTI pair, {'x'.join(map(str, vol['shape']))}", "x".join(map(str, vol["shape"])), _s(vol["seconds"])]
+        + ["", f"{vol['peak_rss_mb']:.0f} MB"]
+    )
+    head = ["input (FLAIR + T1c)", "mask written", "wall s (median)", "vs the small pair", "peak RSS"]
+    out = [f"`{big['command']}` ({big['weights']}, {big['rounds']} interleaved round(s))", "", *table(head, rows)]
+    return out + ["", *[f"> {n}." for n in big.get("notes", [])]]
+
+
 def sections(runs: dict[str, dict]) -> dict[str, list[str]]:
     out = {"machine": machine_section(runs)} if runs else {}
     bench = runs.get("bench")
@@ -221,6 +244,8 @@ def sections(runs: dict[str, dict]) -> dict[str, list[str]]:
         out["ablations"] = ablation_section(runs["ablate"])
     if "load" in runs:
         out["load"] = load_section(runs["load"])
+    if "big_images" in runs:
+        out["big_images"] = big_images_section(runs["big_images"])
     return out
 
 

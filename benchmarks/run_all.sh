@@ -14,6 +14,7 @@ python benchmarks/bench.py --device "$device" --weights brats-demo --json "$out/
 python benchmarks/ablate.py --device "$device" --json "$out/ablate.json"
 status=0
 python benchmarks/load.py --json "$out/load.json" || status=$?  # 1 = a check failed: still reported
-python benchmarks/report.py --update benchmarks/RESULTS.md "$out/bench.json" "$out/ablate.json" "$out/load.json"
+python benchmarks/big_images.py --json "$out/big_images.json"
+python benchmarks/report.py --update benchmarks/RESULTS.md "$out/bench.json" "$out/ablate.json" "$out/load.json" "$out/big_images.json"
 echo "updated the tables in benchmarks/RESULTS.md (from $out/*.json)"
 exit "$status"

@@ -103,9 +103,13 @@ def _settings(args, config):
 
 
 def _segment_scan(model, scan, settings, args, *, out: Path, uncertainty: Path | None, progress: bool):
-    """One case read by `load_case` -> its label map written to `out` (+ the agreement map); returns the labels."""
+    """One case read by `load_case` -> its label map written to `out` (+ the agreement map) on the input's own
+    grid, and a warning on stderr when the input does not look like the model's training data; returns the
+    labels on the input's grid."""
+    import numpy as np
+
     from . import io
-    from .pipeline import segment_image, segment_volume
+    from .pipeline import check_input, segment_image, segment_volume
 
     if scan.is_volume:
         res = segment_volume(
@@ -118,15 +122,25 @@ def _segment_scan(model, scan, settings, args, *, out: Path, uncertainty: Path |
             batch_size=args.batch_size,
             progress=progress,
         )
-        _write(out, lambda p: io.write_nifti_labels(res.labels, p, affine=scan.affine, header=scan.header))
+        _write(out, lambda p: io.write_scan_labels(res.labels, p, scan=scan))  # the input's grid and affine
         if uncertainty:
-            _write(uncertainty, lambda p: io.write_nifti_map(res.agreement, p, affine=scan.affine))
+            _write(uncertainty, lambda p: io.write_scan_map(res.agreement, p, scan=scan))
+        labels = scan.to_source(res.labels)
+        z = scan.data.shape[-1]
+        slices, entropy = [scan.data[..., k] for k in range(z)], [res.entropy[..., k] for k in range(z)]
     else:
         res = segment_image(model, scan.data, settings, kind=scan.kind, ct_window=args.ct_window, keep_trajectory=False)
-        _write(out, lambda p: io.write_png_labels(res.labels, p))
+        labels = scan.to_source(res.labels.astype(np.uint8))  # the input's full size (nearest)
+        _write(out, lambda p: io.write_png_labels(labels, p))
         if uncertainty:
-            _write(uncertainty, lambda p: io.write_png_map(res.agreement, p))
-    return res.labels
+            _write(uncertainty, lambda p: io.write_png_map(scan.to_source(res.agreement), p))
+        slices, entropy = [scan.data], [res.entropy]
+    check = check_input(
+        model.config, slices, entropy, kind=scan.kind, ct_window=args.ct_window, spacing=scan.slice_spacing
+    )
+    if check is not None and check.message:  # a warning, not a refusal: the mask is written all the same
+        print(f"warning: {check.message}", file=sys.stderr)
+    return labels
 
 
 def cmd_segment(args) -> int:

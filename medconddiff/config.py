@@ -27,9 +27,9 @@ MAX_WIDTH = 4096
 # fields added after config.json files were first published, with the value that reproduces the
 # model those files describe
 LEGACY_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {"mask_scale": 1.0, "self_condition": False, "pixel_spacing": 0.0}
+    {"mask_scale": 1.0, "self_condition": False, "pixel_spacing": 0.0, "orientation": "RAS", "input_stats": {}}
 )
-_FIELD_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list}
+_FIELD_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list, "dict": dict}
 
 # Hounsfield windows as (level, width); "abdomen" is the usual soft-tissue abdominal window.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -40,6 +40,19 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0),
     "brain": (40.0, 80.0),
 }
+
+
+_BODY_AXIS = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+
+
+def check_axes(codes: str) -> tuple[str, str, str]:
+    """'RAS', 'LPS', ... -> a tuple of three codes naming each body axis once; `SettingsError` otherwise."""
+    text = str(codes).upper()
+    if len(text) != 3 or sorted(_BODY_AXIS.get(c, 9) for c in text) != [0, 1, 2]:
+        raise SettingsError(
+            f"orientation {codes!r} is not three axis codes; accepted: one of R/L, A/P, S/I each, e.g. RAS or LPS"
+        )
+    return tuple(text)
 
 
 @dataclass
@@ -67,6 +80,14 @@ class MedCondDiffConfig:
     # crop to fit the grid whatever its size (2D pictures always do); config.json files older than
     # the field mean 0.
     pixel_spacing: float = 0.0
+    # axis codes (nibabel letters: where each array axis points) of the volumes the model was trained
+    # on; every volume is turned to them (`io.reorient`, in training too) and sliced along the third
+    # axis, so a file stored LPS, RAS or sagittally gives the same slices. config.json files older
+    # than the field mean RAS (the shipped BraTS model saw its LPS files as stored: its config says so).
+    orientation: str = "RAS"
+    # statistics of the training inputs after normalisation (`medconddiff.ood`, written by
+    # `python -m train.input_stats`): inputs far outside them get a warning. {} = no input check.
+    input_stats: dict = field(default_factory=dict)
     # --- the network
     backbone: str = "pvt_v2_b1"  # timm name; the paper's lightweight choice
     pretrained_backbone: bool = False  # fetch ImageNet weights from the Hub when building from scratch
@@ -155,6 +176,10 @@ class MedCondDiffConfig:
             problems.append(
                 f"pixel_spacing must be 0 (fit the crop) or between 0.05 and 20 mm, got {self.pixel_spacing}"
             )
+        try:
+            check_axes(self.orientation)
+        except SettingsError as err:
+            problems.append(str(err))
         if not (math.isfinite(self.mask_scale) and 0.01 <= self.mask_scale <= 10.0):
             problems.append(f"mask_scale must be between 0.01 and 10, got {self.mask_scale}")
         if not (

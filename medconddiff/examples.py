@@ -71,4 +71,4 @@ def thumbnail(example: Example) -> np.ndarray:
         truth = io.read_labels(example.truth, shape=scan.data.shape[1:], num_classes=256)
         truth = truth[..., z] if z is not None else truth
         picture = viz.overlay(picture, truth, viz.class_colours(int(truth.max()) + 1), alpha=0.35)
-    return viz.display_orientation(picture, scan.kind)
+    return viz.for_viewer(picture, scan.kind, io.axis_codes(scan.affine) if scan.is_volume else None)

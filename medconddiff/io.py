@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import CT_WINDOWS, MedCondDiffConfig
+from .config import CT_WINDOWS, MedCondDiffConfig, check_axes
 from .errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -46,17 +46,35 @@ def kind_of(path: str | Path) -> str:
     )
 
 
+@dataclass(frozen=True)
+class SourceGrid:
+    """Where a reoriented volume came from: enough to put any (X, Y, Z) map back on the file's grid."""
+
+    shape: tuple[int, int, int]  # (X, Y, Z) of the file's array
+    affine: np.ndarray  # (4, 4) the file's voxel -> world affine
+    to_canonical: np.ndarray  # (3, 2) nibabel orientation transform, file axes -> canonical axes
+    axes: tuple[str, str, str]  # the file's axis codes, e.g. ("P", "S", "L") for sagittal storage
+
+
 @dataclass
 class Scan:
-    """What was read from disk, before normalisation."""
+    """What was read from disk, before normalisation.
+
+    A volume from `reorient` holds its data in the model's canonical orientation (`axes`), with
+    `affine` describing that array; `source` remembers the file's own grid so that every output
+    map is written back there (`to_source`, `write_scan_labels(..., scan=)`).
+    """
 
     data: np.ndarray  # (C, H, W) for 2D images, (C, X, Y, Z) for volumes; float32
-    affine: np.ndarray | None  # (4, 4) voxel -> world (RAS) for volumes; None for 2D images
+    affine: np.ndarray | None  # (4, 4) voxel -> world (RAS) of `data` for volumes; None for 2D images
     header: object | None  # the nibabel header of the first file (kept for writing back); None for DICOM
-    spacing: tuple[float, ...]  # mm per voxel along each spatial axis (1.0 for 2D images)
+    spacing: tuple[float, ...]  # mm per voxel along each spatial axis of `data` (1.0 for 2D images)
     kind: str  # "nifti": a volume in scanner units with an affine (NIfTI or DICOM), written back as NIfTI; or "image"
-    source: str = ""  # what was read: "nifti", "dicom" or "image" ("" = kind)
+    origin: str = ""  # what was read: "nifti", "dicom" or "image" ("" = kind)
     series: tuple = ()  # DICOM: the `dicom.SeriesInfo` of each channel
+    axes: tuple[str, ...] | None = None  # axis codes of `data` (nibabel letters: where each axis points)
+    source: SourceGrid | None = None  # the file's grid, when `data` was reoriented from it
+    full_size: tuple[int, int] | None = None  # (H, W) of a 2D file that was reduced at read time
 
     @property
     def is_volume(self) -> bool:
@@ -69,6 +87,92 @@ class Scan:
             return None
         value = float(np.mean(self.spacing[:2]))
         return value if math.isfinite(value) and value > 0 else None
+
+    @property
+    def source_affine(self) -> np.ndarray | None:
+        """The affine of the file as read: the one every written output map carries."""
+        return self.affine if self.source is None else self.source.affine
+
+    @property
+    def source_shape(self) -> tuple[int, ...]:
+        """The spatial shape of the file's array (that of `data` unless reoriented or reduced)."""
+        if self.full_size is not None:
+            return self.full_size
+        return tuple(self.data.shape[1:]) if self.source is None else self.source.shape
+
+    def to_canonical(self, values: np.ndarray) -> np.ndarray:
+        """(X, Y, Z, ...) or (H, W) on the file's grid (e.g. its ground truth) -> on the grid of `data`."""
+        if self.full_size is not None:
+            return resize_nearest(values, tuple(self.data.shape[1:]))
+        if self.source is None:
+            return values
+        from nibabel.orientations import apply_orientation
+
+        return np.ascontiguousarray(apply_orientation(values, self.source.to_canonical))
+
+    def to_source(self, values: np.ndarray) -> np.ndarray:
+        """(X, Y, Z, ...) or (H, W) on the grid of `data` (a mask, a map) -> on the file's own grid.
+
+        A 2D picture reduced at read time (`full_size`) comes back to its size by nearest neighbour.
+        """
+        if self.full_size is not None:
+            return resize_nearest(values, self.full_size)
+        if self.source is None:
+            return values
+        from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
+
+        back = ornt_transform(axcodes2ornt(self.axes), axcodes2ornt(self.source.axes))
+        return np.ascontiguousarray(apply_orientation(values, back))
+
+
+def resize_nearest(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) map -> (h, w) by nearest neighbour (pixel centres), its dtype kept."""
+    h, w = values.shape[:2]
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64), w - 1)
+    return np.ascontiguousarray(values[rows][:, cols])
+
+
+def axis_codes(affine: np.ndarray) -> tuple[str, str, str]:
+    """(4, 4) voxel -> world affine -> the closest axis codes, e.g. ("L", "P", "S") (nibabel's letters)."""
+    import nibabel as nib
+
+    return tuple(nib.aff2axcodes(affine))
+
+
+def reorient(scan: Scan, axes: str) -> Scan:
+    """A volume `Scan` as read -> the same voxels in the orientation `axes` (e.g. "RAS"), sliced along Z.
+
+    Only axis permutations and flips (nibabel's `io_orientation` / `ornt_transform`): no voxel is
+    resampled, so `Scan.to_source` undoes it exactly. The axis closest to `axes[2]` (S/I for an
+    axial model) becomes the slicing axis, whatever plane the file was stored in. 2D images and
+    scans already reoriented come back unchanged.
+    """
+    if not scan.is_volume or scan.source is not None:
+        return scan
+    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+    target = check_axes(axes)
+    shape = tuple(int(n) for n in scan.data.shape[1:])
+    xf = ornt_transform(io_orientation(scan.affine), axcodes2ornt(target))
+    data = np.stack([apply_orientation(c, xf) for c in scan.data])  # (C, X', Y', Z')
+    affine = scan.affine @ inv_ornt_aff(xf, shape)
+    spacing = [0.0, 0.0, 0.0]
+    for src_axis, (dst_axis, _) in enumerate(xf):
+        spacing[int(dst_axis)] = scan.spacing[src_axis]
+    source = SourceGrid(shape=shape, affine=scan.affine, to_canonical=xf, axes=axis_codes(scan.affine))
+    _check_side(data.shape[1:3], f"the volume turned to {''.join(target)} slices")  # the plane the model sees
+    return Scan(
+        data=np.ascontiguousarray(data),
+        affine=affine,
+        header=scan.header,
+        spacing=tuple(spacing),
+        kind=scan.kind,
+        origin=scan.origin,
+        series=scan.series,
+        axes=target,
+        source=source,
+    )
 
 
 def _one_line(err: BaseException) -> str:
@@ -144,6 +248,13 @@ def _read_dataobj(img, path: Path, what: str = "NIfTI file") -> np.ndarray:
         ) from None
 
 
+def read_nifti_voxels(path: str | Path, what: str = "NIfTI file") -> np.ndarray:
+    """One NIfTI file's voxels as float32, as they are stored (no reorientation, no value checks);
+    a missing, empty or unreadable file is an `InputError` naming it."""
+    path = Path(path)
+    return _read_dataobj(_load_nifti(path, what), path, what)
+
+
 def _read_nifti_file(path: Path) -> tuple[np.ndarray, np.ndarray, object, tuple[float, ...]]:
     img = _load_nifti(path)
     data = _read_dataobj(img, path)
@@ -186,7 +297,9 @@ def read_nifti(paths: list[str | Path]) -> Scan:
             affine, header, zooms = aff, hdr, zz
         arrays.append(data)
     vol = np.concatenate(arrays, axis=0)
-    _check_side(vol.shape[1:3], paths[0].name)
+    # the slicing plane is known only after `reorient` (which checks it again): here the two longest
+    # axes, so that a sagittal file of a few axial slices' extent still reads
+    _check_side(tuple(sorted(vol.shape[1:])[-2:][::-1]), paths[0].name)
     if any(not (0 < z <= MAX_SPACING_MM) for z in zooms):
         raise InputError(
             f"{paths[0].name}: voxel spacing {zooms} mm is not usable; accepted: each in (0, {MAX_SPACING_MM:g}] mm"
@@ -194,14 +307,35 @@ def read_nifti(paths: list[str | Path]) -> Scan:
     if not np.isfinite(affine).all():
         raise InputError(f"{paths[0].name}: the affine contains NaN/Inf; accepted: a finite voxel-to-world affine")
     _check_values(vol, paths[0].name)
-    return Scan(data=vol, affine=affine, header=header, spacing=zooms, kind="nifti", source="nifti")
+    return Scan(data=vol, affine=affine, header=header, spacing=zooms, kind="nifti", origin="nifti")
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def _reduce(img, max_side: int):
+    """A Pillow image whose longer side exceeds `max_side` -> one about `max_side` long (area average).
+
+    JPEGs are decoded at 1/2, 1/4 or 1/8 scale straight away (`Image.draft`), so a large photograph
+    never exists at full size in memory; the rest is `reduce` (whole factors) and a BOX resize.
+    """
+    from PIL import Image
+
+    w, h = img.size
+    scale = max(max_side / max(w, h), MIN_SIDE / min(w, h))
+    if scale >= 1.0:
+        return img
+    size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
+    if img.format == "JPEG" and img.mode in ("L", "RGB"):
+        img.draft(img.mode, size)  # the smallest DCT scale that still covers `size`
+    if img.mode not in ("L", "RGB", "RGBA", "LA", "I", "F"):  # 16-bit grey: resample as 32-bit
+        img = img.convert("I")
+    return img.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
+
+
+def read_image(path: str | Path, *, max_side: int | None = None) -> np.ndarray:
     """A 2D picture -> (C, H, W) float32 in its own units (0-255, 0-65535, or float).
 
     Grey, palette, RGB, RGBA (alpha dropped), 16-bit and float images are accepted; an RGB image
-    whose three channels are equal is read as grey.
+    whose three channels are equal is read as grey. `max_side`: a picture with a longer side is
+    reduced while it is decoded (`_reduce`), before any float copy exists.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -224,6 +358,9 @@ def read_image(path: str | Path) -> np.ndarray:
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
             if img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
                 img = img.convert("L" if img.mode == "1" else "RGB")
+            if max_side is not None:
+                _check_side((h, w), path.name)
+                img = _reduce(img, max_side)
             arr = np.asarray(img)
     except InputError:
         raise
@@ -283,14 +420,16 @@ def read_dicom(paths: list[str | Path], *, series: str | None = None) -> Scan:
         )
     _check_values(data, first)
     return Scan(
-        data=data, affine=affine, header=None, spacing=spacing, kind="nifti", source="dicom", series=tuple(infos)
+        data=data, affine=affine, header=None, spacing=spacing, kind="nifti", origin="dicom", series=tuple(infos)
     )
 
 
-def read_scan(paths: list[str | Path], *, series: str | None = None) -> Scan:
+def read_scan(paths: list[str | Path], *, series: str | None = None, max_side: int | None = None) -> Scan:
     """Read the input files of one case: NIfTI file(s), one 2D image per modality, or DICOM series.
 
     `series`: for DICOM input holding several series, the SeriesInstanceUID to read.
+    `max_side`: 2D images with a longer side are reduced at read time (`read_image`); the scan
+    then remembers their `full_size`, and `Scan.to_source` brings maps back to it.
     """
     if not paths:
         raise InputError(
@@ -310,7 +449,8 @@ def read_scan(paths: list[str | Path], *, series: str | None = None) -> Scan:
         return read_nifti(paths)
     if kinds == {"dicom"}:
         return read_dicom(paths, series=series)
-    chans = [read_image(p) for p in paths]
+    chans = [read_image(p, max_side=max_side) for p in paths]
+    sizes = [_image_size(p) for p in paths] if max_side is not None else []  # each file read fine above
     if len(chans) > 1:
         colour = [Path(p).name for p, c in zip(paths, chans, strict=True) if c.shape[0] != 1]
         if colour:
@@ -321,9 +461,21 @@ def read_scan(paths: list[str | Path], *, series: str | None = None) -> Scan:
         if len({c.shape for c in chans}) > 1:
             sizes = ", ".join(f"{Path(p).name} {c.shape[2]}x{c.shape[1]}" for p, c in zip(paths, chans, strict=True))
             raise InputError(f"modality images differ in size ({sizes}); accepted: images of one size")
+    if len(set(sizes)) > 1:
+        listed = ", ".join(f"{Path(p).name} {w}x{h}" for p, (h, w) in zip(paths, sizes, strict=True))
+        raise InputError(f"modality images differ in size ({listed}); accepted: images of one size")
     data = np.concatenate(chans, axis=0)
     _check_values(data, Path(paths[0]).name)
-    return Scan(data=data, affine=None, header=None, spacing=(1.0, 1.0), kind="image", source="image")
+    full = sizes[0] if sizes and sizes[0] != tuple(data.shape[1:]) else None
+    return Scan(data=data, affine=None, header=None, spacing=(1.0, 1.0), kind="image", origin="image", full_size=full)
+
+
+def _image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of a 2D picture that `read_image` has read, from its header alone (no pixels decoded)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.size[1], img.size[0]
 
 
 def read_labels(path: str | Path, *, shape: tuple[int, ...], num_classes: int) -> np.ndarray:
@@ -389,6 +541,16 @@ def write_nifti_labels(labels: np.ndarray, path: str | Path, *, affine: np.ndarr
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1, 0)
     nib.save(img, str(path))
+
+
+def write_scan_labels(labels: np.ndarray, path: str | Path, *, scan: Scan) -> None:
+    """(X, Y, Z) labels on the grid of `scan.data` -> a uint8 NIfTI on the file's own grid, shape and affine."""
+    write_nifti_labels(scan.to_source(labels), path, affine=scan.source_affine, header=scan.header)
+
+
+def write_scan_map(values: np.ndarray, path: str | Path, *, scan: Scan) -> None:
+    """(X, Y, Z) float map on the grid of `scan.data` -> a float32 NIfTI on the file's own grid and affine."""
+    write_nifti_map(scan.to_source(values), path, affine=scan.source_affine)
 
 
 def write_png_labels(labels: np.ndarray, path: str | Path) -> None:

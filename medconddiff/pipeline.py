@@ -8,7 +8,7 @@ files --io.read_scan--> Scan --io.normalise--> (C, H, W) or (C, X, Y, Z)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from . import io
+from . import io, ood
 from .consensus import Consensus, fuse
 from .errors import SettingsError
 from .sampler import SamplingSettings, StepRecord, sample_loop, trajectory_buffer
@@ -491,18 +491,56 @@ def segment_volume(
     return VolumeResult(labels=labels, agreement=agreement, entropy=entropy)
 
 
-def load_case(paths: list, config, *, series: str | None = None) -> io.Scan:
-    """Read the files of one case and check they fit the model (modality count).
+# a 2D picture is reduced at read time to at most this many times the model's image size: the crop
+# to the foreground keeps detail, and a 4000 px photograph costs about what a 512 px one does
+READ_SIDE_FACTOR = 4
 
-    `series`: the SeriesInstanceUID to read from DICOM input that holds several series.
+
+def check_input(
+    config: MedCondDiffConfig,
+    slices: Iterable[np.ndarray],
+    entropy_maps: Iterable[np.ndarray],
+    *,
+    kind: str,
+    ct_window: str | None = None,
+    spacing: float | None = None,
+) -> ood.Assessment | None:
+    """Raw slices [(C, H, W), ...] and the entropy maps [(H, W), ...] of their results -> the input
+    check (`ood.assess`): a plain warning when they do not look like the model's training inputs.
+
+    Each slice is prepared exactly as it was for sampling (`prepare_slice`); empty slices are
+    skipped. None when the model's config.json stores no `input_stats`.
     """
-    scan = io.read_scan(paths, series=series)
+    if not config.input_stats:
+        return None
+    bg = io.background_value(config)
+    feats, ents = [], []
+    for raw, entropy in zip(slices, entropy_maps, strict=True):
+        p = prepare_slice(raw, config, kind=kind, ct_window=ct_window, spacing=spacing)
+        f = None if p.image is None else ood.slice_features(p.image.numpy(), bg)
+        if f is not None:
+            feats.append(f)
+            ents.append(ood.mean_entropy(entropy, ood.content_mask(p.normalised, bg)))
+    return ood.assess(config, feats, ents)
+
+
+def load_case(paths: list, config, *, series: str | None = None) -> io.Scan:
+    """Read the files of one case, check they fit the model (modality count), and turn a volume to the
+    model's orientation (`io.reorient` to `config.orientation`: the slices it was trained on).
+    `series`: the SeriesInstanceUID to read from DICOM input that holds several series.
+    A large 2D picture is reduced as it is read (`READ_SIDE_FACTOR`); `Scan.to_source` brings the
+    maps back to its full size.
+
+    Write maps of the returned scan's grid with `io.write_scan_labels` / `io.write_scan_map`: they go
+    back onto the file's own grid, orientation and affine.
+    """
+    scan = io.read_scan(paths, series=series, max_side=READ_SIDE_FACTOR * config.image_size)
     if scan.data.shape[0] != config.image_channels:
         raise io.InputError(
             f"the model expects {config.image_channels} modality channel(s) ({', '.join(config.channel_names)}); "
             f"got {scan.data.shape[0]} from {len(paths)} file(s). Give one file per modality, in that order."
         )
-    return scan
+    return io.reorient(scan, config.orientation)
 
 
 @dataclass
@@ -521,11 +559,16 @@ class Case:
         names = ", ".join(f"{n}: `{Path(p).name}`" for n, p in zip(channel_names, self.paths, strict=False))
         where = f" · slice {self.z} of 0..{self.scan.data.shape[-1] - 1}" if self.z is not None else ""
         truth = " · ground truth drawn" if self.truth is not None else ""
-        return f"{(self.scan.source or self.scan.kind).upper()} {shape}{where} · {names}{truth}"
+        return f"{(self.scan.origin or self.scan.kind).upper()} {shape}{where} · {names}{truth}"
 
     def reading(self, ct_window: str | None = None) -> dict:
         """How its slices are read, as keywords for the `segment_*` functions: kind, CT window, spacing."""
         return {"kind": self.scan.kind, "ct_window": ct_window, "spacing": self.scan.slice_spacing}
+
+    def on_file_grid(self, values: np.ndarray) -> np.ndarray:
+        """An (H, W) map of `image` -> on the file's pixel grid: a picture reduced at read time comes
+        back to its full size (nearest neighbour); a volume's slice stays as it is."""
+        return values if self.scan.is_volume else self.scan.to_source(values)
 
     @property
     def slice_affine(self) -> np.ndarray | None:
@@ -556,6 +599,6 @@ def read_case(
         image = scan.data[..., z]
     labels = None
     if truth:
-        labels = io.read_labels(truth, shape=scan.data.shape[1:], num_classes=config.num_classes)
-        labels = labels[..., z] if z is not None else labels
+        labels = io.read_labels(truth, shape=scan.source_shape, num_classes=config.num_classes)
+        labels = scan.to_canonical(labels)[..., z] if z is not None else scan.to_canonical(labels)
     return Case(scan=scan, image=image, z=z, truth=labels, paths=list(map(str, paths)))

@@ -60,12 +60,14 @@ def forward_noised(labels: np.ndarray, t: float, config, *, seed: int = 0) -> np
     return q_sample(x0, torch.tensor([float(t)]), noise, schedule(config))[0].numpy()
 
 
-def forward_picture(labels: np.ndarray, t: float, config, *, kind: str, seed: int = 0) -> tuple[np.ndarray, str]:
+def forward_picture(
+    labels: np.ndarray, t: float, config, *, kind: str, axes: tuple[str, ...] | None = None, seed: int = 0
+) -> tuple[np.ndarray, str]:
     """The clean mask and q(x_t | x0) at t side by side, in display orientation, and a one-line caption."""
     colours = viz.class_colours(config.num_classes)
     clean = viz.colour_labels(labels, colours)
     noisy = viz.noisy_mask(forward_noised(labels, t, config, seed=seed), colours)
-    parts = [viz.upscale(viz.display_orientation(p, kind), min_side=160) for p in (clean, noisy)]
+    parts = [viz.upscale(viz.display_orientation(p, kind, axes), min_side=160) for p in (clean, noisy)]
     a, logsnr = signal(config, t)
     text = (
         f"Left: x0 (what is noised). Right: x_t at **t = {t:.2f}**: signal coefficient √ᾱ_t = **{a:.3f}**, "

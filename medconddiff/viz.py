@@ -44,9 +44,75 @@ def hex_colours(num_classes: int) -> list[str]:
     return ["#{:02x}{:02x}{:02x}".format(*c) for c in class_colours(num_classes)]
 
 
-def display_orientation(picture: np.ndarray, kind: str) -> np.ndarray:
-    """A NIfTI slice (X, Y, ...) -> as a viewer shows it (np.rot90); 2D pictures are left as they are."""
-    return np.ascontiguousarray(np.rot90(picture)) if kind == "nifti" else picture
+_OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
+_DOWN_OR_RIGHT = {"R": "L", "L": "L", "A": "P", "P": "P", "S": "I", "I": "I"}  # where the index runs on screen
+
+
+def _screen_plan(axes: tuple[str, ...]) -> tuple[int, str, str]:
+    """In-plane axis codes (c0, c1) of a slice -> (the array axis shown horizontally, the direction
+    the screen's columns run towards, the direction its rows run towards)."""
+    c0, c1 = axes[0], axes[1]
+    across = 0 if c0 in "RL" else 1 if c1 in "RL" else 0 if c0 in "AP" else 1
+    return across, _DOWN_OR_RIGHT[(c0, c1)[across]], _DOWN_OR_RIGHT[(c0, c1)[1 - across]]
+
+
+def display_orientation(picture: np.ndarray, kind: str, axes: tuple[str, ...] | None = None) -> np.ndarray:
+    """A NIfTI slice (X, Y, ...) -> as a viewer shows it; 2D pictures are left as they are.
+
+    With the volume's axis codes `axes` (`Scan.axes`, e.g. ("L", "P", "S")) the slice is shown in
+    the radiological convention: the patient's right on the viewer's left, anterior at the top
+    (superior at the top for coronal and sagittal planes, anterior on the left for sagittal).
+    Without them a NIfTI slice is turned by np.rot90.
+    """
+    if kind != "nifti":
+        return picture
+    if axes is None:
+        return np.ascontiguousarray(np.rot90(picture))
+    across, right, down = _screen_plan(tuple(axes))
+    shown = picture if across == 1 else np.swapaxes(picture, 0, 1)  # rows: the vertical body axis
+    row_code, col_code = axes[1 - across], axes[across]
+    if row_code != down:
+        shown = shown[::-1]
+    if col_code != right:
+        shown = shown[:, ::-1]
+    return np.ascontiguousarray(shown)
+
+
+def edge_letters(axes: tuple[str, ...]) -> dict[str, str]:
+    """The body directions at the edges of a slice shown by `display_orientation(..., axes)`:
+    {"left": "R", "right": "L", "top": "A", "bottom": "P"} for an axial slice."""
+    _, right, down = _screen_plan(tuple(axes))
+    return {"left": _OPPOSITE[right], "right": right, "top": _OPPOSITE[down], "bottom": down}
+
+
+def mark_edges(picture: np.ndarray, axes: tuple[str, ...]) -> np.ndarray:
+    """Write the orientation letters (`edge_letters`) at the middle of each edge of a displayed (H, W, 3) picture."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.fromarray(np.ascontiguousarray(picture))
+    draw = ImageDraw.Draw(canvas)
+    h, w = picture.shape[:2]
+    letters = edge_letters(axes)
+    spots = {
+        "left": (3, h // 2 - 5),
+        "right": (w - 9, h // 2 - 5),
+        "top": (w // 2 - 3, 2),
+        "bottom": (w // 2 - 3, h - 13),
+    }
+    for edge, (x, y) in spots.items():
+        draw.text((x, y), letters[edge], fill=(255, 255, 0), stroke_width=1, stroke_fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def for_viewer(
+    picture: np.ndarray, kind: str, axes: tuple[str, ...] | None = None, *, max_side: int | None = None
+) -> np.ndarray:
+    """An array-orientation (H, W, 3) picture -> as shown and exported: turned (`display_orientation`),
+    shrunk to `max_side`, and for NIfTI slices with known `axes` the orientation letters at the edges."""
+    shown = display_orientation(picture, kind, axes)
+    if max_side is not None:
+        shown = fit(shown, max_side=max_side)
+    return mark_edges(shown, axes) if kind == "nifti" and axes is not None else shown
 
 
 def _stretch(channel: np.ndarray) -> np.ndarray:

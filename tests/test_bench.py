@@ -216,3 +216,25 @@ def test_report_refuses_an_unknown_json_and_a_file_without_markers(tmp_path):
         report.main([str(other)])
     with pytest.raises(SystemExit, match="no <!-- begin speed -->"):
         report.update("# results\n", {"speed": ["x"]})
+
+
+def test_big_images_runs_end_to_end_and_renders(tmp_path):
+    """benchmarks/big_images.py at its smallest setting: every arm's mask at the input's size, and a table."""
+    out = tmp_path / "big.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "big_images.py"), "--quick", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert {name: arm["mask_shape"] for name, arm in data["arms"].items()} == {
+        "png_128": [128, 128],
+        "png_600": [600, 600],
+        "jpg_600": [600, 600],
+    }
+    assert data["ratio_big_png_vs_small"] > 0 and data["volume"]["peak_rss_mb"] > 0
+    lines = report.sections(report.load_inputs([out]))["big_images"]
+    assert any(line.startswith("| PNG pair, 600x600 | 600x600 |") for line in lines)

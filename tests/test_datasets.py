@@ -59,9 +59,6 @@ def test_the_images_layout_reads_photographs_and_binarises_jpeg_masks(shared_dat
     assert len(cases) == 898 and all(c.labels is not None for c in cases)
     test = D.split_cases(cases, data, part="test")
     assert len(test) == 90
-    scan, labels = D.read_case(test[0], data)
-    assert scan.data.shape[0] == 3 and scan.kind == "image"
-    assert labels.shape == scan.data.shape[1:] and set(np.unique(labels)) <= {0, 1} and labels.any()
     from medconddiff.config import MedCondDiffConfig
 
     config = MedCondDiffConfig(
@@ -73,6 +70,9 @@ def test_the_images_layout_reads_photographs_and_binarises_jpeg_masks(shared_dat
         modality="natural",
         crop_foreground=False,
     )
+    scan, labels = D.read_case(test[0], data, config)
+    assert scan.data.shape[0] == 3 and scan.kind == "image"
+    assert labels.shape == scan.data.shape[1:] and set(np.unique(labels)) <= {0, 1} and labels.any()
     built = D.build_slices(test[:2], data, config)
     assert built.images.shape == (2, 3, 64, 64) and built.labels.shape == (2, 64, 64)
     assert float(built.images.min()) >= 0.0 and float(built.images.max()) <= 1.0  # photographs map to [0, 1]

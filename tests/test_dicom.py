@@ -25,7 +25,7 @@ def test_nifti_to_dicom_and_back_keeps_voxels_and_geometry(affine, tmp_path):
     src = nib.load(tmp_path / "ct.nii.gz")
     write_series(tmp_path / "series", np.asarray(src.dataobj, np.float32), src.affine, slope=0.5, intercept=-1024.0)
     scan = io.read_scan([tmp_path / "series"])
-    assert scan.data.shape == (1, *vol.shape) and scan.kind == "nifti" and scan.source == "dicom"
+    assert scan.data.shape == (1, *vol.shape) and scan.kind == "nifti" and scan.origin == "dicom"
     np.testing.assert_array_equal(scan.data[0], vol)  # HU: the rescale applied
     np.testing.assert_allclose(scan.affine, src.affine, atol=1e-4)
     np.testing.assert_allclose(scan.spacing, np.linalg.norm(src.affine[:3, :3], axis=0), atol=1e-4)

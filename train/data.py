@@ -21,7 +21,33 @@ import torch.nn.functional as F
 
 from medconddiff import io
 from medconddiff.config import MedCondDiffConfig
+from medconddiff.errors import MedCondDiffError
 from medconddiff.pipeline import prepare_slice
+
+
+class DataError(MedCondDiffError):
+    """A training data folder that is missing or not in the layout its config names.
+
+    The training commands print it as one line and exit with code 2: what is missing, where it
+    looked, and what layout is expected (`expected_layout`).
+    """
+
+
+def expected_layout(data: DataSettings) -> str:
+    """The layout `find_cases` reads for these settings, in words (for error messages)."""
+    files = ", ".join(data.channel_files or []) or "the config's data.channel_files"
+    return {
+        "brats": f"one folder per case under the root, each holding {files} and {data.label_file}",
+        "nnunet": "imagesTr/CASE_0000.nii.gz (one file per channel: _0000, _0001, ...) and labelsTr/CASE.nii.gz",
+        "single": f"one case: {files} and {data.label_file} directly in the root",
+        "images": "images/NAME.png|jpg and masks/NAME.png|jpg (the same NAME for an image and its mask)",
+    }.get(data.layout, "one of the layouts brats, nnunet, single, images")
+
+
+def _fail(root: Path, data: DataSettings, what: str) -> DataError:
+    return DataError(
+        f"{what} (looked in {root.resolve()}); expected the {data.layout!r} layout: {expected_layout(data)}"
+    )
 
 
 @dataclass
@@ -46,34 +72,57 @@ class Case:
 
 
 def find_cases(root: str | Path, data: DataSettings) -> list[Case]:
-    """All cases under `root` in the given layout, sorted by name."""
+    """All cases under `root` in the given layout, sorted by name; `DataError` when the folder is
+    missing or holds no case in that layout, or a case lacks one of its files."""
     root = Path(root)
+    if data.layout not in ("brats", "nnunet", "single", "images"):
+        raise DataError(f"unknown data layout {data.layout!r}; accepted: brats, nnunet, single, images")
     if not root.is_dir():
-        raise FileNotFoundError(f"data folder {root} not found")
+        raise _fail(root, data, f"data folder {root} not found" if not root.exists() else f"{root} is not a folder")
     cases: list[Case] = []
     if data.layout == "nnunet":
         images = root / "imagesTr"
+        for sub in (images, root / "labelsTr"):
+            if not sub.is_dir():
+                raise _fail(root, data, f"no {sub.name}/ folder in {root}")
         for lab in sorted((root / "labelsTr").glob("*.nii*")):
             name = lab.name.split(".nii")[0]
             chans = sorted(images.glob(f"{name}_[0-9][0-9][0-9][0-9].nii*"))
+            if not chans:
+                raise _fail(root, data, f"labelsTr/{lab.name} has no image imagesTr/{name}_0000.nii.gz")
             cases.append(Case(name, chans, lab))
     elif data.layout in ("brats", "single"):
         files = data.channel_files or []
+        if not files:
+            raise _fail(root, data, "the config names no image files (data.channel_files is empty)")
         folders = [root] if data.layout == "single" else sorted({p.parent for p in root.rglob(data.label_file)})
         for folder in folders:
             chans = [folder / f for f in files]
-            if all(c.is_file() for c in chans):
-                lab = folder / data.label_file
-                cases.append(Case(folder.name, chans, lab if lab.is_file() else None))
-    elif data.layout == "images":
+            needed = chans + ([folder / data.label_file] if data.layout == "single" else [])
+            missing = [c.name for c in needed if not c.is_file()]
+            if missing:
+                where = folder if folder == root else folder.relative_to(root)
+                raise _fail(root, data, f"case {where} lacks {', '.join(missing)}")
+            lab = folder / data.label_file
+            cases.append(Case(folder.name, chans, lab if lab.is_file() else None))
+    else:
+        for sub in ("images", "masks"):
+            if not (root / sub).is_dir():
+                raise _fail(root, data, f"no {sub}/ folder in {root}")
         masks = {p.stem: p for p in (root / "masks").glob("*") if p.suffix.lower() in io.IMAGE_SUFFIXES}
         for img in sorted((root / "images").glob("*")):
             if img.suffix.lower() in io.IMAGE_SUFFIXES:
                 cases.append(Case(img.stem, [img], masks.get(img.stem)))
-    else:
-        raise ValueError(f"unknown layout {data.layout!r}; accepted: brats, nnunet, single, images")
+        unlabelled = [c.name for c in cases if c.labels is None]
+        if unlabelled:
+            raise _fail(root, data, f"{len(unlabelled)} image(s) without a mask, e.g. images/{unlabelled[0]}.*")
     if not cases:
-        raise FileNotFoundError(f"no cases found under {root} in the {data.layout!r} layout")
+        looked = {
+            "brats": f"no case folder holding {data.label_file}",
+            "nnunet": "no label files in labelsTr/",
+            "images": "no PNG/JPG images in images/",
+        }
+        raise _fail(root, data, f"no cases found under {root}: {looked.get(data.layout, 'nothing')}")
     return sorted(cases, key=lambda c: c.name)
 
 
@@ -98,24 +147,38 @@ def read_labels(case: Case, data: DataSettings) -> np.ndarray | None:
         if data.mask_threshold is not None:
             return (mask > data.mask_threshold).astype(np.int64)
         return remap(mask, data.label_map)
-    import nibabel as nib
-
-    return remap(np.asarray(nib.load(str(case.labels)).dataobj), data.label_map)
+    return remap(io.read_nifti_voxels(case.labels, "NIfTI label map"), data.label_map)
 
 
-def read_case(case: Case, data: DataSettings) -> tuple[io.Scan, np.ndarray | None]:
-    """Raw scan (C, X, Y, Z) and remapped labels (X, Y, Z); for the images layout (C, H, W) and (H, W)."""
-    scan = io.read_scan(case.images) if data.layout == "images" else io.read_nifti(case.images)
-    return scan, read_labels(case, data)
+def read_case(case: Case, data: DataSettings, config: MedCondDiffConfig) -> tuple[io.Scan, np.ndarray | None]:
+    """Raw scan (C, X, Y, Z) and remapped labels (X, Y, Z); for the images layout (C, H, W) and (H, W).
+
+    Volumes and their labels are turned to `config.orientation` by `io.reorient`, as the pipeline's
+    `load_case` turns every input: the model is trained on the slices it will be given.
+    """
+    try:
+        if data.layout == "images":
+            return io.read_scan(case.images), read_labels(case, data)
+        scan = io.reorient(io.read_nifti(case.images), config.orientation)
+        labels = read_labels(case, data)
+    except io.InputError as err:  # say which case of the data folder, not only the file name
+        raise DataError(f"case {case.name} ({case.images[0].parent}): {err}") from None
+    return scan, None if labels is None else scan.to_canonical(labels)
 
 
 def read_split(path: str | Path) -> dict[str, list[str]]:
     """A committed split file -> {"train": [...], "val": [...], "test": [...]} case names."""
     import json
 
-    split = json.loads(Path(path).read_text())
+    accepted = "accepted: a JSON file with 'train', 'val' and 'test' lists of case names (train/splits/)"
+    try:
+        split = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"split file {path} not found (looked in {Path(path).resolve().parent}); {accepted}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as err:
+        raise DataError(f"split file {path} is not readable JSON ({type(err).__name__}); {accepted}") from None
     if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "val", "test")):
-        raise ValueError(f"{path}: a split file holds 'train', 'val' and 'test' lists of case names")
+        raise DataError(f"split file {path} lacks a 'train', 'val' or 'test' list; {accepted}")
     return split
 
 
@@ -124,6 +187,12 @@ def split_cases(cases: list[Case], data: DataSettings, *, part: str | None = Non
     if data.split_file:
         split = read_split(data.split_file)
         by_part = {k: [c for c in cases if c.name in set(split[k])] for k in ("train", "val", "test")}
+        if split["train"] and not by_part["train"]:
+            raise DataError(
+                f"none of the {len(split['train'])} training cases named in {data.split_file} "
+                f"(e.g. {split['train'][0]!r}) is among the {len(cases)} case(s) found under {data.root}; "
+                "accepted: a split file whose names are the case names of this data folder"
+            )
         if part is not None:
             return by_part[part]
         return by_part["train"], by_part["val"]
@@ -169,7 +238,7 @@ def build_slices(cases: list[Case], data: DataSettings, config: MedCondDiffConfi
     imgs, labs = [], []
     kind = "image" if data.layout == "images" else "nifti"
     for case in cases:
-        scan, labels = read_case(case, data)
+        scan, labels = read_case(case, data, config)
         held_out = set(range(*data.val_range)) if data.val_range else set()
         for k, (raw, lab) in enumerate(case_slices(scan, labels, data.layout)):
             if (part == "val" and k not in held_out) or (part == "train" and k in held_out):

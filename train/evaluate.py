@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from medconddiff import metrics
+from medconddiff.errors import MedCondDiffError
 from medconddiff.hub import load_model, resolve
 from medconddiff.pipeline import SamplingSettings, load_case, resolve_device, segment_slices, segment_volume
 
@@ -27,6 +28,8 @@ from . import data as D
 
 def detect_data(root: Path, config) -> D.DataSettings:
     """Guess the layout of `root` for a model with these channel names."""
+    if not root.is_dir():
+        raise D.DataError(f"data folder {root} not found (looked in {root.resolve()}); give --data an existing folder")
     if (root / "imagesTr").is_dir():
         return D.DataSettings(root=str(root), layout="nnunet", label_file="")
     label_names = ("OTMultiClass.nii.gz", "labels.nii.gz", "seg.nii.gz", "label.nii.gz")
@@ -41,11 +44,17 @@ def detect_data(root: Path, config) -> D.DataSettings:
                 p.name for p in folder.glob("*.nii*") if p.name.lower().startswith(name.lower()) and p.name != label
             )
             if not cands:
-                raise SystemExit(f"{folder}: no file for channel {name!r}; give --config with data.channel_files")
+                raise D.DataError(
+                    f"{folder}: no file for channel {name!r} beside {label} (looked for {name}*.nii.gz); "
+                    "accepted: a file per channel named after it, or --config with data.channel_files"
+                )
             files.append(cands[0])
         layout = "single" if folder == root and len(hits) == 1 else "brats"
         return D.DataSettings(root=str(root), layout=layout, channel_files=files, label_file=label)
-    raise SystemExit(f"{root}: no labelled cases found (looked for imagesTr/labelsTr and {', '.join(label_names)})")
+    raise D.DataError(
+        f"{root}: no labelled cases found (looked in {root.resolve()} for imagesTr/ + labelsTr/ and for "
+        f"{', '.join(label_names)}); accepted: the layouts of the README's Data guide"
+    )
 
 
 def data_settings(args, weights_dir: Path, config) -> D.DataSettings:
@@ -167,6 +176,7 @@ def evaluate(
     for case in found:
         scan = load_case(case.images, model.config)  # each case is read once: the scan here, the labels below
         truth = D.read_labels(case, data)
+        truth = scan.to_canonical(truth) if scan.is_volume and truth is not None else truth  # the grid of `pred`
         t0 = time.time()
         pred = predict_case(model, scan, settings, batch_size=batch_size, progress=progress)
         seconds.append(time.time() - t0)
@@ -190,6 +200,15 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`run` with a missing or malformed data folder (or bad weights) as one line on stderr and exit code 2."""
+    try:
+        return run(argv)
+    except MedCondDiffError as err:  # DataError included
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.evaluate", description="Evaluate weights on labelled volumes.")
     ap.add_argument("--weights", default=None, help="bundled name, folder or Hub repo id (default: brats-demo)")
     ap.add_argument(

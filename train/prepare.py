@@ -15,10 +15,21 @@ from pathlib import Path
 
 import torch
 
+from medconddiff.errors import MedCondDiffError
+
 from .train import load_run_config, prepare_data
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`run` with a missing or malformed data folder as one line on stderr and exit code 2."""
+    try:
+        return run(argv)
+    except MedCondDiffError as err:  # train.data.DataError, or an unreadable file in the data folder
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.prepare", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")

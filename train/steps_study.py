@@ -171,7 +171,7 @@ def run_arm(name: str, overrides: list[str], opts: dict) -> dict:
         model = load_model(opts["weights"])
     else:
         if not (out / "weights" / "model.safetensors").is_file():
-            T.main([*args, "--no-progress"])
+            T.run([*args, "--no-progress"])
         model = load_model(out / "weights")
     train_minutes = (time.time() - t0) / 60
     run = T.load_run_config(opts["config"], [*overrides, *common])

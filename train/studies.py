@@ -38,7 +38,7 @@ def study_fusion(args) -> dict:
     for arm in FUSION_ARMS:
         run_dir = out / f"fusion_{arm}"
         if not (run_dir / "weights" / "model.safetensors").is_file():
-            T.main(["--config", f"train/configs/ablation_fusion_{arm}.toml", "--out", str(run_dir), "--no-progress"])
+            T.run(["--config", f"train/configs/ablation_fusion_{arm}.toml", "--out", str(run_dir), "--no-progress"])
         model = load_model(run_dir / "weights")
         data = D.DataSettings(**json.loads((run_dir / "weights" / "training.json").read_text())["data"])
         data.root = args.data
@@ -73,7 +73,7 @@ def study_consensus(args) -> dict:
     loaded = []
     for case in cases:
         scan = load_case(case.images, model.config)
-        _, truth = D.read_case(case, data)
+        _, truth = D.read_case(case, data, model.config)
         keep = slice(None, None, args.every)  # every Nth slice: the sweep is S x E samplings of each volume
         scan.data, truth = scan.data[..., keep], truth[..., keep]
         loaded.append((case.name, scan, truth))

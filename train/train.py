@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from medconddiff.config import MedCondDiffConfig
 from medconddiff.diffusion import class_weights_from_counts, hybrid_loss, labels_to_x0, q_sample
+from medconddiff.errors import MedCondDiffError
 from medconddiff.model import MedCondDiff
 from medconddiff.pipeline import SamplingSettings, segment_model_grid
 
@@ -235,6 +236,8 @@ def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
     key = f"v{CACHE_VERSION}_{m.modality}_{m.image_channels}ch_{m.image_size}px_crop{int(m.crop_foreground)}"
     if m.pixel_spacing:  # resampled to mm per pixel: another grid (older caches keep their names)
         key += f"_{m.pixel_spacing:g}mm"
+    if run.data.layout != "images":  # volumes are sliced in the model's orientation (`io.reorient`)
+        key += f"_{m.orientation}"
     if run.data.layout == "single":
         tr = D.load_or_build(
             cache,
@@ -275,6 +278,15 @@ def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`run` with a missing or malformed data folder as one line on stderr and exit code 2."""
+    try:
+        return run(argv)
+    except MedCondDiffError as err:  # train.data.DataError, or an unreadable file in the data folder
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.train", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="TOML file under train/configs/")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
@@ -440,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
                 indent=2,
             )
         )
+        from .input_stats import compute, describe, write
+
+        stats = compute(ema.eval(), train_set, description=describe(run.model, run.data))  # for the input check
+        ema.config.input_stats = stats
+        write(out / "weights", stats)
+        log.info("input_stats from %d training slices written to config.json", stats["slices"])
         if args.push_to_hub:
             ema.push_to_hub(args.push_to_hub)
     if world > 1:
