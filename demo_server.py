@@ -251,7 +251,10 @@ def model_for(example: Example, host: str | None = None) -> tuple[str | None, st
         return example.model, ""
     for name in choices:
         cfg = peek_config(name)
-        if cfg is not None and cfg.image_channels == len(example.files) and cfg.modality == example.modality:
+        files = 1 if cfg is not None and cfg.modality == "natural" else getattr(cfg, "image_channels", 0)
+        if (
+            cfg is not None and files == len(example.files) and cfg.modality == example.modality
+        ):  # an RGB picture is one file
             return name, ""
     if custom_weights_allowed(host):
         return default_choice(), example.model  # not offered: the text box tries it, and says clearly if it fails

@@ -35,7 +35,7 @@ def load_inputs(paths: list[Path]) -> dict[str, dict]:
             else None
         )
         if kind is None:
-            raise SystemExit(f"{path}: not a bench.py, ablate.py or load.py JSON")
+            raise SystemExit(f"{path}: not a bench.py, ablate.py, load.py or big_images.py JSON")
         if kind in out:
             raise SystemExit(f"{path}: a second {kind} JSON")
         out[kind] = data

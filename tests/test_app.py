@@ -92,11 +92,13 @@ def test_examples_are_small_real_and_named_as_agreed():
         *(f"brats_{p}_z{z}_{m}.png" for p, z in [("pat0003", "080"), ("pat0003", "088"), ("pat0004", "096")] for m in ("flair", "t1c", "seg")),
         *(f"brats_pat0004_slab_{m}.nii.gz" for m in ("flair", "t1c", "seg")),
         "ct_z088.png", "ct_z088_seg.png", "ct_z096.png", "ct_z096_seg.png", "ct_slab.nii.gz", "ct_slab_seg.nii.gz",
+        "kvasir_cju0roaw.jpg", "kvasir_cju0roaw_seg.png", "ph2_IMD002.png", "ph2_IMD002_seg.png",
+        "acdc_patient002_z05.png", "acdc_patient002_z05_seg.png", "acdc_patient002_slab.nii.gz",
         "README.md", "LICENSE-BraTS-CC-BY-NC-SA-3.0.txt", "make_examples.py",
     ]  # fmt: skip
     for name in names:
         assert (EXAMPLES / name).is_file(), name
-    assert sum(p.stat().st_size for p in EXAMPLES.iterdir()) < 1_000_000
+    assert sum(p.stat().st_size for p in EXAMPLES.iterdir()) < 1_600_000  # five datasets' examples
     flair, seg = _png(BRATS_PNG[0]), _png(BRATS_SEG)
     assert flair.shape == seg.shape == (240, 240) and flair.dtype == np.uint8
     assert set(np.unique(seg)) <= {0, 1, 2, 3, 4} and (seg > 0).sum() > 500  # visible tumour
@@ -106,6 +108,7 @@ def test_examples_are_small_real_and_named_as_agreed():
     assert slab.shape == (240, 240, 6) and slab.get_data_dtype() == np.float32
     readme = (EXAMPLES / "README.md").read_text()
     assert "CC BY-NC-SA 3.0" in readme and "Menze" in readme and "TotalSegmentator model" in readme
+    assert "Jha" in readme and "Mendonça" in readme and "Bernard" in readme  # Kvasir-SEG, PH2, ACDC
 
 
 def test_every_catalogued_example_loads_with_its_model_and_ground_truth():

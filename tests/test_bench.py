@@ -204,7 +204,7 @@ def test_results_md_holds_exactly_what_the_committed_json_renders_to():
     """RESULTS.md's tables are the committed JSON's: regenerating them changes nothing."""
     text = (REPO / "benchmarks" / "RESULTS.md").read_text()
     runs = report.load_inputs(sorted(RESULTS.glob("*.json")))
-    assert set(runs) == {"bench", "ablate", "load"}
+    assert set(runs) == {"bench", "ablate", "load", "big_images"}
     assert report.update(text, report.sections(runs)) == text
     assert report.update(text, {"speed": ["changed"]}) != text  # the check can fail
 
@@ -212,7 +212,7 @@ def test_results_md_holds_exactly_what_the_committed_json_renders_to():
 def test_report_refuses_an_unknown_json_and_a_file_without_markers(tmp_path):
     other = tmp_path / "other.json"
     other.write_text("{}")
-    with pytest.raises(SystemExit, match="not a bench.py, ablate.py or load.py JSON"):
+    with pytest.raises(SystemExit, match="not a bench.py, ablate.py, load.py or big_images.py JSON"):
         report.main([str(other)])
     with pytest.raises(SystemExit, match="no <!-- begin speed -->"):
         report.update("# results\n", {"speed": ["x"]})
