@@ -110,10 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         arm["max_peak_rss_mb"] = max(arm["peak_rss_mb"])
     base = arms[f"png_{small}"]["seconds"]
     finish(info, notes)
-    notes.append(
-        "timed beside other work on the machine (model trainings): absolute times are inflated; "
-        "the ratios compare arms measured side by side, round by round"
-    )
     result = {
         "kind": "big_images",
         "command": "python benchmarks/big_images.py" + (" --quick" if args.quick else f" --rounds {rounds}"),
