@@ -89,7 +89,7 @@ def targets_section(bench: dict) -> list[str]:
         why += [f"at {bench['headline_size']} px" if bench["headline_size"] != 256 else ""]
         why += [f"on {bench['machine']['device']}" if bench["machine"]["device"] != "cpu" else ""]
         out += [
-            f"> These figures do not test the targets ({t['setting']}): the run was {', '.join(filter(None, why))}.",
+            f"> These figures do not test the bounds ({t['setting']}): the run was {', '.join(filter(None, why))}.",
             "",
         ]
     rows = [
@@ -97,7 +97,7 @@ def targets_section(bench: dict) -> list[str]:
         + ["met" if c["met"] else "**not met**"]
         for key, c in t["checks"].items()
     ]
-    return out + table([f"measure ({bench['headline_size']} px)", "measured", "target", ""], rows)
+    return out + table([f"measure ({bench['headline_size']} px)", "measured", "bound", ""], rows)
 
 
 def speed_section(bench: dict) -> list[str]:

@@ -195,7 +195,7 @@ def test_report_renders_a_smoke_run_without_passing_it_off_as_the_results(quick_
     new = report.sections(report.load_inputs([quick_run[2], ablate_run[1]]))
     assert set(new) == {"machine", "targets", "speed", "ensemble", "volume", "precision", "ablations"}
     md = "\n".join(line for lines in new.values() for line in lines)
-    assert "do not test the targets" in md and "a --quick smoke test" in md
+    assert "do not test the bounds" in md and "a --quick smoke test" in md
     assert "**extrapolated** from 2 timed steps" in md and "Ratios are against *default*" in md
     assert md.count("| met |") + md.count("**not met**") == 4
 
