@@ -12,6 +12,7 @@ A `split_file` (train/splits/*.json: "train", "val", "test" lists of case names)
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,20 @@ class DataError(MedCondDiffError):
     The training commands print it as one line and exit with code 2: what is missing, where it
     looked, and what layout is expected (`expected_layout`).
     """
+
+
+def command_main(run):
+    """A training command's `main(argv)`: `run(argv)`, with any `MedCondDiffError` (a missing or malformed
+    data folder, bad weights, an unreadable file) as one line on stderr and exit code 2, never a traceback."""
+
+    def main(argv: list[str] | None = None) -> int:
+        try:
+            return run(argv)
+        except MedCondDiffError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return main
 
 
 def expected_layout(data: DataSettings) -> str:

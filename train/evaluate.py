@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from medconddiff import metrics
-from medconddiff.errors import MedCondDiffError
 from medconddiff.hub import load_model, resolve
 from medconddiff.pipeline import SamplingSettings, load_case, resolve_device, segment_slices, segment_volume
 
@@ -199,15 +198,6 @@ def evaluate(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`run` with a missing or malformed data folder (or bad weights) as one line on stderr and exit code 2."""
-    try:
-        return run(argv)
-    except MedCondDiffError as err:  # DataError included
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
 def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.evaluate", description="Evaluate weights on labelled volumes.")
     ap.add_argument("--weights", default=None, help="bundled name, folder or Hub repo id (default: brats-demo)")
@@ -257,6 +247,8 @@ def run(argv: list[str] | None = None) -> int:
     )
     return 0
 
+
+main = D.command_main(run)  # errors as one line, exit code 2
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from medconddiff import io, ood
-from medconddiff.errors import MedCondDiffError
 from medconddiff.hub import CONFIG_NAME, load_model, resolve
 from medconddiff.pipeline import SamplingSettings, segment_model_grid
 
@@ -65,14 +64,6 @@ def write(folder: Path, stats: dict) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except MedCondDiffError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
 def run(argv: list[str] | None = None) -> int:
     from .train import load_run_config, prepare_data
 
@@ -99,6 +90,8 @@ def run(argv: list[str] | None = None) -> int:
     )
     return 0
 
+
+main = D.command_main(run)  # errors as one line, exit code 2
 
 if __name__ == "__main__":
     sys.exit(main())

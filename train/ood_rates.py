@@ -23,7 +23,6 @@ import numpy as np
 
 from medconddiff import hub
 from medconddiff.config import MedCondDiffConfig
-from medconddiff.errors import MedCondDiffError
 from medconddiff.pipeline import SamplingSettings, check_input, segment_slices
 
 from . import data as D
@@ -130,14 +129,6 @@ def cell(c: dict, own: bool) -> str:
     return f"**{text}** (own)" if own else text
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except MedCondDiffError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
 def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.ood_rates", description=__doc__.split("\n")[0])
     ap.add_argument("--weights-root", default=str(REPO / "assets" / "weights"))
@@ -174,6 +165,8 @@ def run(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({"slices_per_dataset": args.slices, "rates": table}, indent=2) + "\n")
     return 0
 
+
+main = D.command_main(run)  # errors as one line, exit code 2
 
 if __name__ == "__main__":
     sys.exit(main())

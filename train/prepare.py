@@ -15,18 +15,8 @@ from pathlib import Path
 
 import torch
 
-from medconddiff.errors import MedCondDiffError
-
+from .data import command_main
 from .train import load_run_config, prepare_data
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`run` with a missing or malformed data folder as one line on stderr and exit code 2."""
-    try:
-        return run(argv)
-    except MedCondDiffError as err:  # train.data.DataError, or an unreadable file in the data folder
-        print(f"error: {err}", file=sys.stderr)
-        return 2
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -45,6 +35,8 @@ def run(argv: list[str] | None = None) -> int:
     print(f"cache: {cache}")
     return 0
 
+
+main = command_main(run)  # errors as one line, exit code 2
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,7 +29,6 @@ import torch.distributed as dist
 
 from medconddiff.config import MedCondDiffConfig
 from medconddiff.diffusion import class_weights_from_counts, hybrid_loss, labels_to_x0, q_sample
-from medconddiff.errors import MedCondDiffError
 from medconddiff.model import MedCondDiff
 from medconddiff.pipeline import SamplingSettings, segment_model_grid
 
@@ -277,15 +276,6 @@ def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
     return cat(tr), cat(va)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`run` with a missing or malformed data folder as one line on stderr and exit code 2."""
-    try:
-        return run(argv)
-    except MedCondDiffError as err:  # train.data.DataError, or an unreadable file in the data folder
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
 def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.train", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="TOML file under train/configs/")
@@ -464,6 +454,8 @@ def run(argv: list[str] | None = None) -> int:
         dist.destroy_process_group()
     return 0
 
+
+main = D.command_main(run)  # errors as one line, exit code 2
 
 if __name__ == "__main__":
     sys.exit(main())
