@@ -119,3 +119,32 @@ def test_two_process_ddp_ranks_end_identical(tiny_run, tmp_path):
     sums = json.loads((out / "ddp_check.json").read_text())["param_sums"]
     assert len(sums) == 2 and sums[0] == sums[1]
     assert json.loads((out / "weights" / "training.json").read_text())["world_size"] == 2
+
+
+def test_init_backbone_copies_only_the_image_encoder(tiny_model, tiny_weights):
+    """--init-backbone: adapter and PVT backbone come from the donor, the rest stays fresh; a donor with
+    another channel count is refused with a message naming both encoders."""
+    import torch
+
+    from medconddiff.config import MedCondDiffConfig
+    from medconddiff.errors import WeightsError
+    from medconddiff.model import MedCondDiff
+    from train.train import INIT_PREFIXES, init_backbone
+
+    torch.manual_seed(1)  # not the donor's seed: every tensor starts different
+    model = MedCondDiff(MedCondDiffConfig(image_size=64))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n = init_backbone(model, str(tiny_weights))
+    donor = tiny_model.state_dict()
+    after = model.state_dict()
+    encoder = [k for k in after if k.startswith(INIT_PREFIXES)]
+    assert n == len(encoder) > 100
+    assert all(torch.equal(after[k], donor[k]) for k in encoder)
+    rest = [k for k in after if not k.startswith(INIT_PREFIXES) and after[k].is_floating_point()]
+    changed = [k for k in rest if not torch.equal(after[k], before[k])]
+    assert rest and not changed
+    assert any(not torch.equal(after[k], donor[k]) for k in rest if "weight" in k)
+
+    rgb = MedCondDiff(MedCondDiffConfig(image_size=64, image_channels=3, channel_names=["R", "G", "B"]))
+    with pytest.raises(WeightsError, match="2 channel.*on 3"):
+        init_backbone(rgb, str(tiny_weights))

@@ -276,6 +276,36 @@ def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
     return cat(tr), cat(va)
 
 
+INIT_PREFIXES = ("adapter.", "backbone.")  # the image encoder: what an ImageNet initialisation would cover
+
+
+def init_backbone(model: MedCondDiff, spec: str) -> int:
+    """Copy the image encoder (channel adapter + PVT backbone) of another trained model into `model`.
+
+    The stand-in for ImageNet initialisation where none can be downloaded: e.g. start PH2 from the
+    Kvasir-SEG model's encoder. Everything else (decoder, denoiser, head) keeps its fresh initialisation.
+    Returns the number of tensors copied; a model with another backbone or channel count is refused.
+    """
+    from medconddiff.errors import WeightsError
+    from medconddiff.hub import load_model
+
+    donor = load_model(spec)
+    mine, theirs = model.config, donor.config
+    if not model.has_image_pathway or not donor.has_image_pathway:
+        raise WeightsError(f"--init-backbone needs two models with an image pathway (fusion 'none' has none): {spec}")
+    if (mine.backbone, mine.image_channels) != (theirs.backbone, theirs.image_channels):
+        raise WeightsError(
+            f"--init-backbone {spec}: its encoder is {theirs.backbone} on {theirs.image_channels} channel(s), "
+            f"this model's is {mine.backbone} on {mine.image_channels}; they must match"
+        )
+    src = {k: v for k, v in donor.state_dict().items() if k.startswith(INIT_PREFIXES)}
+    own = model.state_dict()
+    with torch.no_grad():
+        for k, v in src.items():
+            own[k].copy_(v.to(own[k].dtype))
+    return len(src)
+
+
 def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.train", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="TOML file under train/configs/")
@@ -285,6 +315,11 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=None, help="slice cache folder (default: OUT/../cache)")
     ap.add_argument("--push-to-hub", metavar="REPO", help="publish the final weights to this Hub repo")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--init-backbone",
+        metavar="WEIGHTS",
+        help="start the image encoder from another model (bundled name or folder), e.g. PH2 from kvasir-demo",
+    )
     ap.add_argument(
         "--stop-after", type=int, metavar="N", help="save a checkpoint and exit at step N (wall-time limits)"
     )
@@ -339,7 +374,12 @@ def run(argv: list[str] | None = None) -> int:
         )
 
     torch.manual_seed(s.seed)  # identical initial weights on every rank
-    model = MedCondDiff(run.model).to(device)
+    model = MedCondDiff(run.model)
+    if args.init_backbone and not (args.resume and (out / "checkpoint.safetensors").is_file()):
+        n = init_backbone(model, args.init_backbone)
+        if is_main:
+            log.info("image encoder (%d tensors) initialised from %s", n, args.init_backbone)
+    model = model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     gen = torch.Generator().manual_seed(s.seed * 1000 + rank)  # data, augmentation and noise for this rank
