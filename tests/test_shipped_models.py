@@ -43,6 +43,25 @@ def test_a_bundled_model_describes_itself(model, capsys):
 
 
 @pytest.mark.parametrize("model", MODELS)
+def test_a_bundled_model_card_says_what_users_must_know(model):
+    """The card: a licence field, how it was trained, what it is not for, and its evaluation table
+    regenerated from the evaluation.json beside it (so card and numbers cannot drift apart)."""
+    if model not in hub.bundled_models():
+        pytest.skip(f"{model} weights are not bundled")
+    folder = hub.resolve(model)
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    front = card.split("---")[1]
+    assert "license:" in front and "anatomy:" in front
+    for section in ("## Data and licence", "## Training", "## Not for", "## Evaluation"):
+        assert section in card, f"{model} card lacks {section}"
+    assert "trained from scratch" in card and "not for clinical use" in card
+    from train.evaluate import markdown_table
+
+    report = json.loads((folder / "evaluation.json").read_text())
+    assert markdown_table(report) in card, f"{model} card's table differs from its evaluation.json"
+
+
+@pytest.mark.parametrize("model", MODELS)
 def test_a_bundled_model_segments_its_own_example_alike_in_the_cli_and_the_app(model, tmp_path, monkeypatch):
     if model not in hub.bundled_models():
         pytest.skip(f"{model} weights are not bundled")

@@ -45,6 +45,26 @@ DATA_NOTES = {
         "its 10 `val` patients as the test part (120 / 20 / 20 volumes)."
     ),
 }
+# what a dataset's numbers do not say, in the card's data section (models trained on a single scan or
+# on a copy too small for a test part)
+CAVEATS = {
+    "brats2015": (
+        "**No test part.** The four-patient copy used here gives two training and two validation patients; "
+        "the validation patients also chose the sampling defaults, so every number below is a validation "
+        "result, not a test result. On two further BraTS 2015 patients kept outside this project the model "
+        "scored whole-tumour Dice 0.76-0.80, with oedema over-segmented and false positives far from the "
+        "tumour (WT HD95 34-73 mm): expect that on new brain scans."
+    ),
+    "abdomen-ct": (
+        "**It does not generalise.** One training CT cannot teach a model what other patients, scanners and "
+        "contrast phases look like: on an unseen contrast-enhanced abdominal CT (0.73 mm pixels, manual liver"
+        " labels) this model found almost no liver (Dice 0.00). Pixel size alone does not explain that: the "
+        "model fits the body crop to its grid, and the held-out slices resampled from 3 mm to 0.73 mm keep a "
+        "mean organ Dice of 0.708 (0.739 as stored; `python -m train.studies ct-scale`, "
+        "`docs/studies/ct_scale_before.json`). Use it to see the pipeline work on CT, not to segment your own"
+        " CTs."
+    ),
+}
 # the card's licence field: every shipped model is derived from non-commercial or research-only data
 LICENCES = {
     "brats2015": ("cc-by-nc-sa-3.0", None),
@@ -120,6 +140,7 @@ def model_card(weights_dir: Path, report: dict | None, *, notes: str = "") -> st
         "",
         "## Data and licence",
         DATA_NOTES.get(key, ""),
+        *(["", CAVEATS[key]] if key in CAVEATS else []),
         "",
         "## Training",
     ]
