@@ -100,3 +100,13 @@ def test_config_files_older_than_the_field_mean_no_resampling():
     data = _ct_config(0.0).to_dict()
     data.pop("pixel_spacing")
     assert MedCondDiffConfig.from_dict(data).pixel_spacing == 0.0
+
+
+def test_contrast_like_brightens_only_soft_tissue():
+    """The CT study's contrast stand-in: soft tissue +80 HU; air, fat and bone as they were; input untouched."""
+    from train.ct_scale import CONTRAST_HU, contrast_like
+
+    hu = np.array([[-1000.0, -100.0, -20.0, 0.0, 60.0, 249.0, 250.0, 700.0]])
+    out = contrast_like(hu)
+    np.testing.assert_array_equal(out - hu, [[0, 0, 0, CONTRAST_HU, CONTRAST_HU, CONTRAST_HU, 0, 0]])
+    assert hu[0, 3] == 0.0

@@ -3,7 +3,7 @@
     python -m train.studies fusion    # paper Table 3: add vs concat vs none at equal budget
     python -m train.studies consensus --weights assets/weights/brats-demo   # consensus x steps x ensemble
     python -m train.studies steps --dataset kvasir   # training recipes: do later steps refine the mask?
-    python -m train.studies ct-scale --weights A B   # a CT model on a 3 mm and a 0.73 mm grid
+    python -m train.studies ct-scale --weights A B   # CT models at 3 mm, at 0.73 mm, with contrast-like +80 HU
 
 Both evaluate on the BraTS validation patients through the shared pipeline and write JSON + Markdown
 into runs/studies/.
@@ -149,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--every", type=int, default=1, help="use every Nth slice of each volume (faster sweep)")
     c.add_argument("--out", default="runs/studies")
     steps_study.add_parser(sub)
-    s = sub.add_parser("ct-scale", help="CT models on the held-out slices, as stored and resampled to 0.73 mm")
+    s = sub.add_parser(
+        "ct-scale",
+        help="CT models on the held-out slices: as stored, resampled to 0.73 mm, contrast-like +80 HU",
+    )
     s.add_argument("--weights", nargs="+", default=["assets/weights/abdomen-ct-demo"])
     s.add_argument("--data", default="../shared/data/abdomen-ct")
     s.add_argument("--out", default="runs/studies")
