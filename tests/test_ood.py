@@ -146,3 +146,19 @@ def test_the_app_shows_the_warning_as_a_note_and_in_the_volume_message():
         assert text.startswith("Segmented all 6 slices") and ("**Warning: this does not look like" in text) == warned
     note = server.ood_note("this does not look like the <CT> this model was trained on")
     assert 'role="note"' in note and "This does not look like the &lt;CT&gt;" in note
+
+
+def test_the_rates_study_checks_a_fixed_scale_ct_model_at_each_slice_pixel_size(shared_data):
+    """`train.ood_rates` feeds each slice at its own mm per pixel, as the command line does: the 4 mm CT
+    model's own held-out slices then pass the input check (fed at an unknown pixel size, they did not)."""
+    from medconddiff import hub
+    from train import ood_rates
+
+    weights = hub.resolve("abdomen-ct-demo")
+    model = hub.load_model("abdomen-ct-demo")
+    assert model.config.pixel_spacing > 0
+    _, data, part = ood_rates.own_part(weights, shared_data)
+    slices, kind, spacings = ood_rates.pick_slices(data, part, model.config, 4)
+    assert len(slices) == 4 and all(mm == pytest.approx(3.0, abs=0.1) for mm in spacings)
+    counts = ood_rates.rates(model, slices, kind, spacings)
+    assert counts["slices"] == 4 and counts["flagged"] == 0

@@ -80,15 +80,22 @@ def adapt(raw: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(grey, channels, axis=0)
 
 
-def pick_slices(data: D.DataSettings, part: str, config: MedCondDiffConfig, n: int) -> tuple[list[np.ndarray], str]:
-    """Up to `n` raw slices with content from the part, evenly spread over its cases; and their kind."""
+def pick_slices(
+    data: D.DataSettings, part: str, config: MedCondDiffConfig, n: int
+) -> tuple[list[np.ndarray], str, list[float | None]]:
+    """Up to `n` raw slices with content from the part, evenly spread over its cases; their kind; and
+    each slice's in-plane mm per pixel (None for pictures), which models with a `pixel_spacing` need."""
     cases = D.find_cases(data.root, data)
     if part in ("test", "val"):
         cases = D.split_cases(cases, data, part=part) or cases
     kind = "image" if data.layout == "images" else "nifti"
     if kind == "image":
         chosen = [cases[i] for i in np.unique(np.linspace(0, len(cases) - 1, min(n, len(cases))).round().astype(int))]
-        return [adapt(D.read_case(c, data, config)[0].data, config.image_channels) for c in chosen], kind
+        return (
+            [adapt(D.read_case(c, data, config)[0].data, config.image_channels) for c in chosen],
+            kind,
+            [None] * len(chosen),
+        )
     cases = [cases[i] for i in np.unique(np.linspace(0, len(cases) - 1, min(n, len(cases))).round().astype(int))]
     pool = []  # (case index, slice index)
     scans = []
@@ -99,19 +106,27 @@ def pick_slices(data: D.DataSettings, part: str, config: MedCondDiffConfig, n: i
         pool += [(ci, k) for k in content]
         scans.append(scan)
     idx = np.unique(np.linspace(0, len(pool) - 1, min(n, len(pool))).round().astype(int))
-    return [adapt(scans[pool[i][0]].data[..., pool[i][1]], config.image_channels) for i in idx], kind
+    picked = [adapt(scans[pool[i][0]].data[..., pool[i][1]], config.image_channels) for i in idx]
+    return picked, kind, [scans[pool[i][0]].slice_spacing for i in idx]
 
 
-def rates(model, slices: list[np.ndarray], kind: str) -> dict:
-    """Segment each slice with the model's defaults; how many the input check flags, and why."""
+def rates(model, slices: list[np.ndarray], kind: str, spacings: list[float | None] | None = None) -> dict:
+    """Segment each slice with the model's defaults (at its own pixel size, as the command line does);
+    how many the input check flags, and why."""
     config = model.config
     settings = SamplingSettings.defaults_for(config, seed=0)
     counts = {"slices": 0, "flagged": 0, "unusual_input": 0, "uncertain": 0}
-    for start in range(0, len(slices), 8):
-        batch = slices[start : start + 8]
-        results = segment_slices(model, batch, settings, kind=kind)
+    spacings = spacings or [None] * len(slices)
+    start = 0
+    while start < len(slices):  # batches of up to 8 slices that share one pixel size
+        end = start + 1
+        while end < len(slices) and end - start < 8 and spacings[end] == spacings[start]:
+            end += 1
+        batch, mm = slices[start:end], spacings[start]
+        start = end
+        results = segment_slices(model, batch, settings, kind=kind, spacing=mm)
         for raw, res in zip(batch, results, strict=True):
-            check = check_input(config, [raw], [res.entropy], kind=kind)
+            check = check_input(config, [raw], [res.entropy], kind=kind, spacing=mm)
             if check is None or check.slices == 0:
                 continue
             counts["slices"] += 1
@@ -153,8 +168,8 @@ def run(argv: list[str] | None = None) -> int:
             if not Path(settings.root).is_dir():
                 row[d.name] = {"slices": 0, "missing": True}
                 continue
-            slices, kind = pick_slices(settings, part, config, args.slices)
-            row[d.name] = rates(model, slices, kind) | {"own": is_own}
+            slices, kind, spacings = pick_slices(settings, part, config, args.slices)
+            row[d.name] = rates(model, slices, kind, spacings) | {"own": is_own}
             print(f"{weights.name} on {d.name}: {row[d.name]}", file=sys.stderr, flush=True)
         table[weights.name] = row
     lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
