@@ -14,6 +14,7 @@ count. A slice counts as flagged when `pipeline.check_input` returns a warning. 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from dataclasses import dataclass, replace
@@ -117,22 +118,19 @@ def rates(model, slices: list[np.ndarray], kind: str, spacings: list[float | Non
     settings = SamplingSettings.defaults_for(config, seed=0)
     counts = {"slices": 0, "flagged": 0, "unusual_input": 0, "uncertain": 0}
     spacings = spacings or [None] * len(slices)
-    start = 0
-    while start < len(slices):  # batches of up to 8 slices that share one pixel size
-        end = start + 1
-        while end < len(slices) and end - start < 8 and spacings[end] == spacings[start]:
-            end += 1
-        batch, mm = slices[start:end], spacings[start]
-        start = end
-        results = segment_slices(model, batch, settings, kind=kind, spacing=mm)
-        for raw, res in zip(batch, results, strict=True):
-            check = check_input(config, [raw], [res.entropy], kind=kind, spacing=mm)
-            if check is None or check.slices == 0:
-                continue
-            counts["slices"] += 1
-            counts["flagged"] += int(check.message is not None)
-            counts["unusual_input"] += int(check.unusual_input)
-            counts["uncertain"] += int(check.uncertain)
+    for mm, group in itertools.groupby(zip(slices, spacings, strict=True), key=lambda pair: pair[1]):
+        same_size = [raw for raw, _ in group]  # consecutive slices of one pixel size (one case of a volume)
+        for start in range(0, len(same_size), 8):
+            batch = same_size[start : start + 8]
+            results = segment_slices(model, batch, settings, kind=kind, spacing=mm)
+            for raw, res in zip(batch, results, strict=True):
+                check = check_input(config, [raw], [res.entropy], kind=kind, spacing=mm)
+                if check is None or check.slices == 0:
+                    continue
+                counts["slices"] += 1
+                counts["flagged"] += int(check.message is not None)
+                counts["unusual_input"] += int(check.unusual_input)
+                counts["uncertain"] += int(check.uncertain)
     return counts
 
 

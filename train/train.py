@@ -374,8 +374,9 @@ def run(argv: list[str] | None = None) -> int:
         )
 
     torch.manual_seed(s.seed)  # identical initial weights on every rank
+    ckpt = out / "checkpoint.safetensors"
     model = MedCondDiff(run.model)
-    if args.init_backbone and not (args.resume and (out / "checkpoint.safetensors").is_file()):
+    if args.init_backbone and not (args.resume and ckpt.is_file()):  # a checkpoint replaces it anyway
         n = init_backbone(model, args.init_backbone)
         if is_main:
             log.info("image encoder (%d tensors) initialised from %s", n, args.init_backbone)
@@ -384,7 +385,6 @@ def run(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     gen = torch.Generator().manual_seed(s.seed * 1000 + rank)  # data, augmentation and noise for this rank
     step = 0
-    ckpt = out / "checkpoint.safetensors"
     if args.resume and ckpt.is_file():
         step = load_checkpoint(ckpt, model, ema, opt, gen)
         if is_main:
