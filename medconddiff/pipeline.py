@@ -19,6 +19,7 @@ import torch
 from . import io, ood
 from .consensus import Consensus, fuse
 from .errors import SettingsError
+from .precision import PRECISIONS
 from .sampler import SamplingSettings, StepRecord, sample_loop, trajectory_buffer
 
 if TYPE_CHECKING:
@@ -67,13 +68,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def autocast_dtype(precision: str) -> torch.dtype | None:
-    """Precision name -> autocast dtype: fp32 -> None (no autocast), bf16, fp16.
+    """Precision name -> autocast dtype: fp32 -> None (no autocast), bf16, fp16 (`precision.autocast_dtype`).
 
-    Reduced precision is opt-in: check its masks against fp32 on your data first
+    Reduced precision is opt-in here: check its masks against fp32 on your data first
     (`python benchmarks/bench.py --amp bf16` reports the Dice between the two).
     """
     if precision not in PRECISIONS:

@@ -1,0 +1,83 @@
+"""Numeric precision of the network: names, hardware support, and the autocast they mean.
+
+    "fp32"  no autocast: the reference, what the regression fingerprints are pinned to
+    "bf16"  torch.autocast(dtype=bfloat16): fast on CPUs with native bf16 (AVX512-BF16, AMX) and on GPUs
+    "fp16"  torch.autocast(dtype=float16): for CUDA GPUs without bf16
+    "auto"  bf16 on a CPU with native bf16 or on a CUDA GPU that supports it, fp16 on an older GPU,
+            fp32 everywhere else
+
+Only the network's forward pass runs in reduced precision; weights, optimiser state, sampling
+state, losses and metrics stay float32. Training and sampling resolve "auto" through the same
+function, so a run's log, `medconddiff info` and the app name the same choice on the same machine.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+
+import torch
+
+from .errors import SettingsError
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHOICES = ("auto", *PRECISIONS)  # what a user may ask for
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX). `torch.backends.cpu.get_cpu_capability()`
+    reports only "AVX512" on such CPUs, so ask oneDNN itself."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN's bf16 probe
+        return False
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether `device` runs bf16 natively (CPU: AVX512-BF16 / AMX; CUDA: compute capability 8.0 and up)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def check(precision: str) -> str:
+    """The name itself, or a SettingsError listing the accepted ones."""
+    if precision not in CHOICES:
+        raise SettingsError(f"unknown precision {precision!r}; accepted: {', '.join(CHOICES)}")
+    return precision
+
+
+def resolve(precision: str, device: torch.device | str, *, warn: bool = True) -> str:
+    """Resolve "auto" to the best precision for `device`; an explicit name is kept.
+
+    Forcing bf16 where the hardware would emulate it still runs (bit-for-bit the same maths), with
+    one warning that it will be slower than fp32; fp16 on a CPU likewise.
+    """
+    check(precision)
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if native_bf16(device) else "fp16"
+        return "bf16" if native_bf16(device) else "fp32"
+    if warn and device.type == "cpu" and precision != "fp32" and not (precision == "bf16" and native_bf16(device)):
+        warnings.warn(
+            f"precision {precision} on a CPU without native support is emulated and will be slower than fp32",
+            stacklevel=2,
+        )
+    return precision
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """A resolved precision name -> its autocast dtype (None for fp32)."""
+    if precision == "auto":
+        raise SettingsError("precision 'auto' must be resolved for a device first (precision.resolve)")
+    check(precision)
+    return PRECISIONS[precision]
+
+
+def autocast(device: torch.device | str, precision: str):
+    """The context manager for a resolved precision: torch.autocast, or nothing for fp32."""
+    dtype = autocast_dtype(precision)
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
