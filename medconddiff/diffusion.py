@@ -14,6 +14,7 @@ trained on.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,31 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, schedule: C
     """Forward noising q(x_t | x0): x0, noise (B, K, H, W), t (B,) -> x_t (B, K, H, W)."""
     alpha, sigma = schedule.alpha_sigma(t)
     return _expand(alpha, x0).to(x0.dtype) * x0 + _expand(sigma, x0).to(x0.dtype) * noise
+
+
+@dataclass
+class Recycle:
+    """Recycling (Fu et al., MELBA 2024, arXiv 2308.16355): the rows of a training batch whose x_t is
+    rebuilt from the model's own x0-hat, computed without gradient, instead of from the truth.
+
+    For each recycled row the model first predicts x0-hat from `x_start` at `t_start`; x0-hat (in the
+    mask's value space, times `mask_scale`) is then noised to the row's own t with `noise`, so training
+    sees the kind of x_t sampling will feed back. Built by the training loop, consumed by `MedCondDiff.forward`.
+    """
+
+    x_start: torch.Tensor  # (N, K, H, W) input of the no-grad pass: pure noise, or the truth noised to t_start
+    t_start: torch.Tensor  # (N,) its time
+    noise: torch.Tensor  # (N, K, H, W) the noise that takes x0-hat to x_t
+    rows: torch.Tensor  # (N,) bool: which rows are recycled (the others keep x_t from the truth)
+
+
+def recycled_x_t(
+    x0_logits: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, recycle: Recycle, schedule: CosineLogSNR, mask_scale: float
+) -> torch.Tensor:
+    """x0-hat logits (N, K, H, W) of the no-grad pass -> x_t (N, K, H, W) with the recycled rows replaced."""
+    x0_hat = probs_to_x0(x0_logits.detach().float().softmax(dim=1)) * mask_scale
+    renoised = q_sample(x0_hat, t, recycle.noise.to(x0_hat), schedule)
+    return torch.where(recycle.rows.to(x_t.device)[:, None, None, None], renoised.to(x_t.dtype), x_t)
 
 
 def class_weights_from_counts(counts: torch.Tensor) -> torch.Tensor:

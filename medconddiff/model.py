@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
 from .config import MedCondDiffConfig
-from .diffusion import CosineLogSNR, probs_to_x0
+from .diffusion import CosineLogSNR, Recycle, probs_to_x0, recycled_x_t
 from .errors import WeightsError, one_line
 
 CONFIG_NAME = "config.json"  # a weights folder: this file + WEIGHTS_NAME (+ README.md, the model card)
@@ -238,19 +238,30 @@ class MedCondDiff(
         return F.conv2d(x_t, weight, conv.bias, stride=4)
 
     def forward(
-        self, image: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, *, self_cond_mask: torch.Tensor | None = None
+        self,
+        image: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        self_cond_mask: torch.Tensor | None = None,
+        recycle: Recycle | None = None,
     ) -> torch.Tensor:
         """Training entry: image (B, C, H, W), x_t (B*R, K, H, W), t (B*R,) -> logits (B*R, K, H, W).
 
         R noise draws per image share one `cond` (rows grouped image-major). For a self-conditioned
         model, the rows where `self_cond_mask` (B*R,) bool is True first get an x0-hat from a
         gradient-free pass without one, and are then denoised with it (Chen et al.'s recipe); the
-        other rows see zeros, as the first sampling step does.
+        other rows see zeros, as the first sampling step does. With `recycle`, its rows' x_t is first
+        rebuilt from the model's own gradient-free x0-hat (`diffusion.Recycle`); one image pass serves both.
         """
         cond = self.encode_image(image)
         repeats = x_t.shape[0] // image.shape[0]
         if repeats > 1:
             cond = cond.repeat_interleave(repeats, dim=0)  # (B*R, dw, H/4, W/4)
+        if recycle is not None and bool(recycle.rows.any()):
+            with torch.no_grad():
+                first = self.denoise(recycle.x_start.to(x_t), recycle.t_start.to(t), cond.detach())
+            x_t = recycled_x_t(first, x_t, t, recycle, self.schedule, self.config.mask_scale)
         x0_prev = None
         if self.config.self_condition and self_cond_mask is not None and bool(self_cond_mask.any()):
             with torch.no_grad():

@@ -124,6 +124,59 @@ def test_self_conditioned_training_feeds_x0_hat_only_on_the_chosen_rows():
     assert model.mask_in[1].weight.grad is not None
 
 
+@pytest.mark.parametrize("mode", ["from_noise", "from_next"])
+def test_recycling_builds_x_t_from_the_models_own_no_grad_prediction(mode):
+    """The recycled rows' x_t is the model's x0-hat (computed with no gradient, from pure noise at t = 1 or
+    from the truth one step noisier), scaled and noised to the row's t; the other rows keep the truth's x_t;
+    the loss's gradient reaches the weights only through the second pass."""
+    from medconddiff.diffusion import labels_to_x0, probs_to_x0, q_sample
+    from train.train import recycle_inputs
+
+    model = _model(mask_scale=0.5).train()
+    s = TrainSettings(recycle=mode, recycle_prob=0.5, recycle_gap=0.2)
+    g = torch.Generator().manual_seed(0)
+    labels = (torch.rand(8, 32, 32, generator=g) > 0.6).long() * 2
+    t, noise, x_t, _ = noisy_masks(labels, model.config, s, model.schedule, g)
+    rec = recycle_inputs(labels, t, noise, model.config, s, model.schedule, g)
+    assert 0 < int(rec.rows.sum()) < 8  # some rows of each kind
+    if mode == "from_noise":
+        assert torch.equal(rec.t_start, torch.ones(8))
+    else:
+        assert torch.allclose(rec.t_start, (t + 0.2).clamp(max=1.0))
+        x0 = labels_to_x0(labels, 5) * 0.5
+        eps = (rec.x_start - q_sample(x0, rec.t_start, torch.zeros_like(noise), model.schedule)) / _sigma(
+            model, rec.t_start
+        )
+        assert eps.std() > 0.9 and not torch.allclose(eps, noise)  # the truth noised with its own fresh noise
+
+    calls = []
+    denoise = model.denoise
+
+    def spy(x, tt, cond, x0_prev=None):
+        calls.append((x.detach().clone(), tt.clone(), torch.is_grad_enabled(), x.requires_grad))
+        out = denoise(x, tt, cond, x0_prev)
+        calls[-1] += (out.detach().clone(),)
+        return out
+
+    model.denoise = spy
+    image = torch.randn(8, 2, 32, 32, generator=g)
+    logits = model(image, x_t, t, recycle=rec)
+    (first_x, first_t, first_grad, _, first_out), (second_x, second_t, second_grad, second_req, _) = calls
+    assert torch.equal(first_x, rec.x_start) and torch.equal(first_t, rec.t_start) and not first_grad
+    assert second_grad and not second_req and torch.equal(second_t, t)
+    expected = q_sample(probs_to_x0(first_out.float().softmax(1)) * 0.5, t, noise, model.schedule)
+    rows = rec.rows
+    assert torch.allclose(second_x[rows], expected[rows], atol=1e-6)
+    assert torch.equal(second_x[~rows], x_t[~rows])
+
+    logits.float().pow(2).mean().backward()  # a gradient reaches the weights through the second pass only
+    assert model.mask_in[1].weight.grad is not None and model.mask_in[1].weight.grad.abs().sum() > 0
+
+
+def _sigma(model, t):
+    return model.schedule.alpha_sigma(t)[1][:, None, None, None]
+
+
 def test_auroc_and_dice_measures():
     import numpy as np
 

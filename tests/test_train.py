@@ -113,6 +113,82 @@ def test_resume_is_exact(tiny_run, tmp_path):
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
 
+def _records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without its wall times (they differ from run to run)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    ta, tb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return ta.keys() == tb.keys() and all(np.array_equal(ta[k].numpy(), tb[k].numpy()) for k in ta)
+
+
+def test_time_limit_stops_cleanly_and_resumed_parts_equal_one_run(tiny_run, tmp_path):
+    """--time-limit saves a checkpoint and exits; resumed part by part, the run ends with the weights,
+    best-validation weights and learning-curve records of the uninterrupted run, bit for bit."""
+    more = ["--set", "train.steps=6", "--set", "train.val_every=2", "--set", "train.ckpt_every=100"]
+    straight, parts = tmp_path / "straight", tmp_path / "parts"
+    _train(tiny_run / "tiny.toml", straight, *more)
+    # a limit shorter than start-up: every part stops after its first step, so the run takes six parts
+    first = _train(tiny_run / "tiny.toml", parts, *more, "--time-limit", "0.001")
+    assert "stopped at step 1 of 6" in first.stdout
+    assert (parts / "checkpoint.safetensors").is_file() and not (parts / "weights").exists()
+    for _ in range(5):
+        _train(tiny_run / "tiny.toml", parts, *more, "--resume", "--time-limit", "0.001")
+    log = (parts / "train.log").read_text()
+    assert log.count("resumed from") == 5 and "finished 6 steps" in log
+    assert _same_weights(straight / "weights", parts / "weights")
+    assert _same_weights(straight / "best", parts / "best")
+    assert _records(straight) == _records(parts)
+    info = json.loads((parts / "weights" / "training.json").read_text())
+    assert info["precision"] in ("fp32", "bf16") and info["best_validation"]["step"] in (2, 4, 6)
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    _train(tiny_run / "tiny.toml", out, "--stop-after", "1")
+    cmd = [sys.executable, "-m", "train.train", "--config", str(tiny_run / "tiny.toml"), "--out", str(out)]
+    cmd += ["--cache", str(tmp_path / "cache"), "--no-progress", "--resume", "--set", "train.seed=5"]
+    cmd += ["--set", "model.denoiser_width=64", "--set", "train.threads=2"]  # threads may change, the rest not
+    r = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert r.returncode != 0
+    assert "train.seed: 0 -> 5" in r.stderr and "model.denoiser_width: 96 -> 64" in r.stderr
+    assert "train.threads" not in r.stderr.split("(only")[0]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ('train.precision="fp8"', "accepted: auto, fp32, bf16, fp16"),
+        ('train.recycle="sometimes"', "accepted: off, from_noise, from_next"),
+        ('train.objective="gan"', "accepted: diffusion, segmenter"),
+    ],
+)
+def test_unknown_training_options_are_clear_errors(tiny_run, tmp_path, override, message):
+    cmd = [sys.executable, "-m", "train.train", "--config", str(tiny_run / "tiny.toml"), "--out", str(tmp_path)]
+    r = subprocess.run([*cmd, "--set", override], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_plot_draws_the_learning_curve(tiny_run, tmp_path):
+    from PIL import Image
+
+    from train import plot
+
+    out = tmp_path / "run"
+    _train(tiny_run / "tiny.toml", out, "--set", "train.val_every=2")
+    png = out / "weights" / plot.FIGURE  # a finished run draws it into its weights folder
+    assert png.is_file() and Image.open(png).size[0] > 500
+    train, val = plot.read(out)
+    assert [r["step"] for r in val] == [2, 4] and all(0.0 <= r["dice_fg_mean"] <= 1.0 for r in val)
+    assert plot.main([str(out), "--out", str(tmp_path / "again.png")]) == 0 and (tmp_path / "again.png").is_file()
+    with pytest.raises(SystemExit, match="metrics.jsonl: not found"):
+        plot.read(tmp_path / "nothing")
+
+
 def test_two_process_ddp_ranks_end_identical(tiny_run, tmp_path):
     out = tmp_path / "ddp"
     _train(tiny_run / "tiny.toml", out, torchrun=2)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -155,7 +156,7 @@ def measure(
 
 def run_arm(name: str, overrides: list[str], opts: dict) -> dict:
     """Train arm `name` (skipped when its weights exist) and measure it; runs in a worker process."""
-    torch.set_num_threads(opts["threads"])
+    torch.set_num_threads(opts["threads"] or os.cpu_count() or 1)
     from medconddiff.hub import load_model
 
     from . import train as T
@@ -390,8 +391,8 @@ def add_parser(sub) -> None:
     s.add_argument("--size", type=int, default=64, help="model grid in px")
     s.add_argument("--train-steps", type=int, default=800)
     s.add_argument("--max-val", type=int, default=96, help="at most this many validation images (evenly spaced)")
-    s.add_argument("--jobs", type=int, default=2, help="arms trained at once (one thread each)")
-    s.add_argument("--threads", type=int, default=1, help="torch threads per arm")
+    s.add_argument("--jobs", type=int, default=1, help="arms trained at once (default: one at a time, on every core)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads per arm (0: every core)")
     s.add_argument("--runs", default="runs/studies", help="where the arms' runs go")
     s.add_argument("--docs", default="docs/studies", help="where the tables go")
     s.add_argument("--weights", help="measure this finished model on the dataset's validation split (no training)")

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from medconddiff.config import MedCondDiffConfig
-from medconddiff.diffusion import class_weights_from_counts, hybrid_loss, labels_to_x0, q_sample
+from medconddiff.diffusion import Recycle, class_weights_from_counts, hybrid_loss, labels_to_x0, q_sample
 from medconddiff.model import MedCondDiff
 from medconddiff.pipeline import SamplingSettings, segment_model_grid
 
@@ -61,8 +61,20 @@ class TrainSettings:
     val_slices: int = 48  # validation slices with foreground, sampled with val_steps steps
     val_steps: int = 5
     ckpt_every: int = 250
-    threads: int = 0  # torch CPU threads per process; 0 = cores / processes
+    threads: int = 0  # torch CPU threads per process; 0 = every core, shared among the processes
     half_weights: bool = True  # store the released weights in fp16 (loading upcasts)
+    # the forward pass under autocast: "auto" = bf16 on a CPU with native bf16 or on CUDA, fp32 elsewhere.
+    # Weights, optimiser state, EMA, losses and validation stay fp32 (docs/studies/precision_parity.md)
+    precision: str = "auto"
+    # recycling (Fu et al., MELBA 2024): x_t is built from the model's own no-grad x0-hat instead of the
+    # truth, as sampling will feed it. "from_noise": x0-hat from pure noise at t = 1; "from_next": from
+    # the truth noised to t + recycle_gap. recycle_prob: the share of rows recycled.
+    recycle: str = "off"
+    recycle_prob: float = 1.0
+    recycle_gap: float = 0.1
+    # "diffusion", or "segmenter": the same network trained as a one-pass segmenter (x_t = 0 at t = 1),
+    # the baseline the sampling steps must beat (docs/studies/steps_recycling.md)
+    objective: str = "diffusion"
 
 
 @dataclass
@@ -127,8 +139,44 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 # -- checkpoints (safetensors only) ---------------------------------------------------------
 
+# settings a resumed run may change: where it writes and how fast it runs, never what it computes
+RESUMABLE_CHANGES = {"train.out", "train.threads", "train.ckpt_every"}
 
-def save_checkpoint(path: Path, model, ema, opt, step: int, gen: torch.Generator) -> None:
+
+def run_identity(run: RunConfig, precision: str) -> dict[str, object]:
+    """Every setting that decides a run's weights, flattened to 'section.key' -> value (precision resolved)."""
+    flat: dict[str, object] = {f"model.{k}": v for k, v in run.model.to_dict().items()}
+    for section in ("data", "train", "augment"):
+        for k, v in dataclasses.asdict(getattr(run, section)).items():
+            flat[f"{section}.{k}"] = v
+    flat["train.precision"] = precision
+    return {k: v for k, v in flat.items() if k not in RESUMABLE_CHANGES}
+
+
+def identity_differences(saved: dict, now: dict) -> list[str]:
+    """'key: checkpoint value -> this run's value' for every setting that differs."""
+    return [
+        f"{k}: {json.dumps(saved.get(k))} -> {json.dumps(now.get(k))}"
+        for k in sorted(set(saved) | set(now))
+        if saved.get(k) != now.get(k)
+    ]
+
+
+@dataclass
+class Progress:
+    """What a checkpoint carries besides tensors: where the run is, and its best validation so far."""
+
+    step: int = 0
+    wall_s: float = 0.0  # training wall time before this process started (summed over the parts)
+    best_dice: float = -1.0
+    best_step: int = 0
+    loss_sum: float = 0.0  # training losses since the last validation (its record shows their mean)
+    loss_count: int = 0
+
+
+def save_checkpoint(
+    path: Path, model, ema, opt, gen: torch.Generator, progress: Progress, identity: dict[str, object]
+) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -140,13 +188,28 @@ def save_checkpoint(path: Path, model, ema, opt, step: int, gen: torch.Generator
                 v.detach().reshape(v.shape).contiguous() if torch.is_tensor(v) else torch.tensor(v)
             )
     tensors["rng.generator"] = gen.get_state()
-    meta = {"step": str(step), "param_groups": json.dumps(opt_state["param_groups"])}
+    tensors["rng.torch"] = torch.get_rng_state()  # nothing draws from it today; a dropout would
+    meta = {
+        "step": str(progress.step),
+        "progress": json.dumps(dataclasses.asdict(progress)),
+        "param_groups": json.dumps(opt_state["param_groups"]),
+        "identity": json.dumps(identity),
+    }
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)  # never leave a half-written checkpoint behind
 
 
-def load_checkpoint(path: Path, model, ema, opt, gen: torch.Generator) -> int:
+def read_checkpoint_identity(path: Path) -> dict | None:
+    """The settings a checkpoint was written under (None for checkpoints older than this record)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta["identity"]) if "identity" in meta else None
+
+
+def load_checkpoint(path: Path, model, ema, opt, gen: torch.Generator) -> Progress:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -162,7 +225,39 @@ def load_checkpoint(path: Path, model, ema, opt, gen: torch.Generator) -> int:
             state.setdefault(int(pid), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     gen.set_state(tensors["rng.generator"])
-    return int(meta["step"])
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    if "progress" in meta:
+        return Progress(**json.loads(meta["progress"]))
+    return Progress(step=int(meta["step"]))
+
+
+class MetricsLog:
+    """OUT/metrics.jsonl: one JSON object per line, `kind` "train" (every 25 steps) or "val" (every
+    validation), each with step and cumulative training wall time; what `train.plot` draws.
+
+    On resume the lines past the checkpoint's step are dropped: the resumed run writes them again."""
+
+    def __init__(self, path: Path, *, resume_step: int | None):
+        self.path = path
+        if resume_step is None:
+            path.write_text("")
+        elif path.is_file():
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+    def write(self, **record) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def one_pass(model: MedCondDiff, image: torch.Tensor) -> torch.Tensor:
+    """A model trained with `train.objective = "segmenter"`: (B, C, H, W) image -> (B, K, H, W) logits in
+    one forward pass from an empty mask (x_t = 0 at t = 1), as it was trained."""
+    cond = model.encode_image(image)
+    b, k = image.shape[0], model.config.num_classes
+    x_t = image.new_zeros(b, k, *image.shape[-2:])
+    return model.denoise(x_t, image.new_ones(b), cond)
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -187,7 +282,10 @@ def validate(model, val: D.SliceSet, settings: TrainSettings, device) -> dict[st
     for start in range(0, fg.numel(), 16):
         idx = fg[start : start + 16]
         img = val.images[idx].float().to(device)
-        pred = segment_model_grid(model, img, sampling, generator=g).labels  # (B, S, S)
+        if settings.objective == "segmenter":
+            pred = one_pass(model, img).argmax(1)  # (B, S, S)
+        else:
+            pred = segment_model_grid(model, img, sampling, generator=g).labels  # (B, S, S)
         lab = val.labels[idx].long()
         for c in range(1, k):
             inter[c] += ((pred == c) & (lab == c)).sum()
@@ -219,6 +317,61 @@ def noisy_masks(labels: torch.Tensor, config: MedCondDiffConfig, s: TrainSetting
     x_t = q_sample(x0, t, noise, schedule)
     sc = torch.rand(n, generator=gen) < s.self_condition_prob if config.self_condition else None
     return t, noise, x_t, sc
+
+
+RECYCLE_MODES = ("off", "from_noise", "from_next")
+OBJECTIVES = ("diffusion", "segmenter")
+
+
+def check_settings(s: TrainSettings) -> None:
+    """Refuse settings with no meaning, naming what is accepted."""
+    from medconddiff import precision
+
+    try:
+        precision.check(s.precision)
+    except ValueError as err:
+        raise SystemExit(f"train.precision: {err}") from None
+    if s.precision == "fp16":
+        raise SystemExit(
+            "train.precision: fp16 training needs loss scaling, which is not implemented; accepted: auto, fp32, bf16"
+        )
+    if s.recycle not in RECYCLE_MODES:
+        raise SystemExit(f"train.recycle: unknown mode {s.recycle!r}; accepted: {', '.join(RECYCLE_MODES)}")
+    if s.objective not in OBJECTIVES:
+        raise SystemExit(f"train.objective: unknown {s.objective!r}; accepted: {', '.join(OBJECTIVES)}")
+    if s.objective == "segmenter" and s.recycle != "off":
+        raise SystemExit('train.recycle needs train.objective = "diffusion" (a one-pass segmenter has no x_t)')
+    if not 0.0 <= s.recycle_prob <= 1.0 or not 0.0 < s.recycle_gap <= 1.0:
+        raise SystemExit("train.recycle_prob must lie in [0, 1] and train.recycle_gap in (0, 1]")
+
+
+def recycle_inputs(
+    labels: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    config: MedCondDiffConfig,
+    s: TrainSettings,
+    schedule,
+    gen,
+) -> Recycle | None:
+    """What the model's no-grad pass starts from, for the rows to recycle (None when recycling is off).
+
+    labels (N, H, W), t (N,), noise (N, K, H, W): the batch's own draws. "from_noise": pure noise at
+    t = 1, as the first sampling step sees; "from_next": the truth noised to t + recycle_gap, one
+    sampling step earlier (noisier) than t.
+    """
+    if s.recycle == "off":
+        return None
+    n = labels.shape[0]
+    rows = torch.rand(n, generator=gen) < s.recycle_prob
+    if s.recycle == "from_noise":
+        t_start = torch.ones(n)
+        x_start = torch.randn(noise.shape, generator=gen)
+    else:
+        t_start = (t + s.recycle_gap).clamp(max=1.0)
+        x0 = labels_to_x0(labels, config.num_classes) * config.mask_scale
+        x_start = q_sample(x0, t_start, torch.randn(noise.shape, generator=gen), schedule)
+    return Recycle(x_start=x_start, t_start=t_start, noise=noise, rows=rows)
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -306,6 +459,29 @@ def init_backbone(model: MedCondDiff, spec: str) -> int:
     return len(src)
 
 
+class Deadline:
+    """`--time-limit`: stop while a checkpoint can still be written inside the limit.
+
+    After each step it asks whether the next step, the validation or checkpoint that may follow it,
+    and the final save would all fit; the estimates are the slowest seen so far, with a margin."""
+
+    def __init__(self, minutes: float | None):
+        self.end = None if minutes is None else time.time() + 60.0 * minutes
+        self.step_s = 0.0
+        self.val_s = 0.0
+        self.save_s = 5.0  # before the first save has been timed
+
+    def note(self, kind: str, seconds: float) -> None:
+        attr = {"step": "step_s", "val": "val_s", "save": "save_s"}[kind]
+        setattr(self, attr, max(getattr(self, attr), seconds))
+
+    def must_stop(self, *, val_next: bool) -> bool:
+        if self.end is None:
+            return False
+        need = 1.5 * (self.step_s + (self.val_s if val_next else 0.0)) + 2.0 * self.save_s
+        return time.time() + need > self.end
+
+
 def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.train", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="TOML file under train/configs/")
@@ -320,15 +496,21 @@ def run(argv: list[str] | None = None) -> int:
         metavar="WEIGHTS",
         help="start the image encoder from another model (bundled name or folder), e.g. PH2 from kvasir-demo",
     )
+    ap.add_argument("--stop-after", type=int, metavar="N", help="save a checkpoint and exit at step N")
     ap.add_argument(
-        "--stop-after", type=int, metavar="N", help="save a checkpoint and exit at step N (wall-time limits)"
+        "--time-limit",
+        type=float,
+        metavar="MINUTES",
+        help="save a checkpoint and exit before this much wall time has passed; continue with --resume",
     )
     args = ap.parse_args(argv)
+    deadline = Deadline(args.time_limit)
 
     run = load_run_config(args.config, args.set)
     if args.out:
         run.train.out = args.out
     s = run.train
+    check_settings(s)
     out = Path(s.out)
     rank, world, device = setup_distributed()
     is_main = rank == 0
@@ -339,10 +521,30 @@ def run(argv: list[str] | None = None) -> int:
         handlers=[logging.FileHandler(out / "train.log")] if is_main else [logging.NullHandler()],
         force=True,  # a second run in the same process (the studies) logs to its own folder
     )
-    torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 1) // world))
+    from medconddiff import precision as P
+
+    threads = s.threads or max(1, (os.cpu_count() or 1) // world)
+    torch.set_num_threads(threads)
+    amp = P.resolve(s.precision, device)
+    identity = run_identity(run, amp)
+    ckpt = out / "checkpoint.safetensors"
+    resuming = args.resume and ckpt.is_file()
+    if resuming:
+        saved = read_checkpoint_identity(ckpt)
+        diff = identity_differences(saved, identity) if saved is not None else []
+        if diff:
+            raise SystemExit(
+                f"--resume: {ckpt} was written by a run with other settings ({'; '.join(diff)}); a resumed run "
+                f"must continue the same run (only {', '.join(sorted(RESUMABLE_CHANGES))} may change): use "
+                "the checkpoint's settings, or a new --out to start afresh"
+            )
     cmd = "python -m train.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     if is_main:
         log.info("command: %s (world size %d, device %s)", cmd, world, device)
+        native = "native" if P.native_bf16(device) else "no native"
+        log.info(
+            "precision %s (asked %s; %s bf16 on this %s), %d thread(s)", amp, s.precision, native, device.type, threads
+        )
         log.info(
             "config: %s",
             json.dumps(
@@ -374,9 +576,8 @@ def run(argv: list[str] | None = None) -> int:
         )
 
     torch.manual_seed(s.seed)  # identical initial weights on every rank
-    ckpt = out / "checkpoint.safetensors"
     model = MedCondDiff(run.model)
-    if args.init_backbone and not (args.resume and ckpt.is_file()):  # a checkpoint replaces it anyway
+    if args.init_backbone and not resuming:  # a checkpoint replaces it anyway
         n = init_backbone(model, args.init_backbone)
         if is_main:
             log.info("image encoder (%d tensors) initialised from %s", n, args.init_backbone)
@@ -384,11 +585,13 @@ def run(argv: list[str] | None = None) -> int:
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     gen = torch.Generator().manual_seed(s.seed * 1000 + rank)  # data, augmentation and noise for this rank
-    step = 0
-    if args.resume and ckpt.is_file():
-        step = load_checkpoint(ckpt, model, ema, opt, gen)
+    progress = Progress()
+    if resuming:
+        progress = load_checkpoint(ckpt, model, ema, opt, gen)
         if is_main:
-            log.info("resumed from %s at step %d", ckpt, step)
+            log.info("resumed from %s at step %d", ckpt, progress.step)
+    step = progress.step
+    curves = MetricsLog(out / "metrics.jsonl", resume_step=step if resuming else None) if is_main else None
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     bg = -1.0 if run.model.modality == "ct" else 0.0
 
@@ -397,21 +600,36 @@ def run(argv: list[str] | None = None) -> int:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=s.steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
-    t0 = time.time()
+    t0 = time.time() - progress.wall_s  # wall time counts every part of a run in parts
     model.train()
     while step < s.steps:
+        t_step = time.time()
         idx = torch.multinomial(weights, s.batch_size, replacement=True, generator=gen)
         img, lab = D.augment(
             train_set.images[idx].float(), train_set.labels[idx].long(), run.augment, gen, background=bg
         )
         r = s.noise_draws
         lab_r = lab.repeat_interleave(r, dim=0)  # (B*R, S, S), image-major like MedCondDiff.forward
-        t, noise, x_t, sc = noisy_masks(lab_r, run.model, s, model.schedule, gen)
+        if s.objective == "segmenter":  # one pass from an empty mask: no noise, no time
+            n_rows = lab_r.shape[0]
+            t = torch.ones(n_rows)
+            x_t = torch.zeros(n_rows, k, *lab_r.shape[-2:])
+            sc, rec = None, None
+        else:
+            t, noise, x_t, sc = noisy_masks(lab_r, run.model, s, model.schedule, gen)
+            rec = recycle_inputs(lab_r, t, noise, run.model, s, model.schedule, gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, s)
-        logits = net(img.to(device), x_t.to(device), t.to(device), self_cond_mask=None if sc is None else sc.to(device))
+        with P.autocast(device, amp):  # the forward pass only: the loss below is computed in fp32
+            logits = net(
+                img.to(device),
+                x_t.to(device),
+                t.to(device),
+                self_cond_mask=None if sc is None else sc.to(device),
+                recycle=rec,
+            )
         loss, parts = hybrid_loss(
-            logits, lab_r.to(device), class_weights=class_w, dice_weight=s.dice_weight, ce_weight=s.ce_weight
+            logits.float(), lab_r.to(device), class_weights=class_w, dice_weight=s.dice_weight, ce_weight=s.ce_weight
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -424,31 +642,76 @@ def run(argv: list[str] | None = None) -> int:
             for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
                 be.copy_(bm)
         step += 1
+        loss_value = loss.item()
+        progress.loss_sum += loss_value
+        progress.loss_count += 1
+        deadline.note("step", time.time() - t_step)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}")
         if is_main and (step % 25 == 0 or step == s.steps):
             log.info(
                 "step %d loss %.4f dice_loss %.4f ce %.4f grad %.2f lr %.2e (%.1f s)",
                 step,
-                loss.item(),
+                loss_value,
                 parts["dice_loss"],
                 parts["ce"],
                 float(gnorm),
                 lr_at(step - 1, s),
                 time.time() - t0,
             )
+            curves.write(
+                kind="train",
+                step=step,
+                wall_s=round(time.time() - t0, 2),
+                loss=round(loss_value, 5),
+                dice_loss=round(parts["dice_loss"], 5),
+                ce=round(parts["ce"], 5),
+                lr=lr_at(step - 1, s),
+            )
         if is_main and len(val_set) and (step % s.val_every == 0 or step == s.steps):
+            t_val = time.time()
             v = validate(ema, val_set, s, device)
+            deadline.note("val", time.time() - t_val)
             log.info("step %d validation %s", step, json.dumps({a: round(b, 4) for a, b in v.items()}))
+            dice = v.get("dice_fg_mean", float("nan"))
+            better = dice > progress.best_dice
+            if better:  # the best validation so far: its EMA weights are kept in OUT/best
+                progress.best_dice, progress.best_step = dice, step
+                from medconddiff.hub import save_model
+
+                save_model(ema, out / "best", half=s.half_weights)
+            curves.write(
+                kind="val",
+                step=step,
+                wall_s=round(time.time() - t0, 2),
+                loss=round(progress.loss_sum / max(1, progress.loss_count), 5),
+                best=better,
+                **{a: round(b, 5) for a, b in v.items()},
+            )
+            progress.loss_sum, progress.loss_count = 0.0, 0
             if bar is not None:
-                bar.write(f"step {step}: validation foreground Dice {v.get('dice_fg_mean', float('nan')):.3f}")
+                bar.write(f"step {step}: validation foreground Dice {dice:.3f}" + (" (best)" if better else ""))
         stopping = args.stop_after is not None and step >= args.stop_after
+        if not stopping and step < s.steps:
+            stopping = deadline.must_stop(val_next=(step + 1) % s.val_every == 0)
+            if stopping and is_main:
+                log.info("time limit of %g min: stopping at step %d", args.time_limit, step)
+        if world > 1 and args.time_limit is not None:  # every rank stops at the same step
+            flag = torch.tensor([int(stopping)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stopping = bool(flag.item())
         if is_main and (step % s.ckpt_every == 0 or step == s.steps or stopping):
-            save_checkpoint(ckpt, model, ema, opt, step, gen)
+            t_save = time.time()
+            progress.step, progress.wall_s = step, time.time() - t0
+            save_checkpoint(ckpt, model, ema, opt, gen, progress, identity)
+            deadline.note("save", time.time() - t_save)
         if stopping:
             if is_main:
-                log.info("stopped at step %d as asked; continue with --resume", step)
+                log.info("stopped at step %d of %d; continue with --resume", step, s.steps)
+                if bar is not None:
+                    bar.close()
+                print(f"stopped at step {step} of {s.steps}: continue with the same command and --resume", flush=True)
             if world > 1:
                 dist.destroy_process_group()
             return 0
@@ -475,6 +738,11 @@ def run(argv: list[str] | None = None) -> int:
                     "world_size": world,
                     "wall_minutes": round(minutes, 1),
                     "device": str(device),
+                    "precision": amp,
+                    "threads": threads,
+                    "objective": s.objective,
+                    "recycle": s.recycle,
+                    "best_validation": {"dice_fg_mean": progress.best_dice, "step": progress.best_step},
                     "train_slices": len(train_set),
                     "data": dataclasses.asdict(run.data),
                     "val_slices": len(val_set),
@@ -488,6 +756,10 @@ def run(argv: list[str] | None = None) -> int:
         ema.config.input_stats = stats
         write(out / "weights", stats)
         log.info("input_stats from %d training slices written to config.json", stats["slices"])
+        from . import plot
+
+        if plot.draw(out, out / "weights" / plot.FIGURE) is not None:
+            log.info("learning curve drawn into %s", out / "weights" / plot.FIGURE)
         if args.push_to_hub:
             ema.push_to_hub(args.push_to_hub)
     if world > 1:
