@@ -32,10 +32,12 @@ def load_inputs(paths: list[Path]) -> dict[str, dict]:
             if "sizes" in data and "repeats" in data
             else "big_images"
             if data.get("kind") == "big_images"
+            else "train_speed"
+            if data.get("kind") == "train_speed"
             else None
         )
         if kind is None:
-            raise SystemExit(f"{path}: not a bench.py, ablate.py, load.py or big_images.py JSON")
+            raise SystemExit(f"{path}: not a bench.py, ablate.py, load.py, big_images.py or train_speed.py JSON")
         if kind in out:
             raise SystemExit(f"{path}: a second {kind} JSON")
         out[kind] = data
@@ -234,6 +236,33 @@ def big_images_section(big: dict) -> list[str]:
     return out + ["", *[f"> {n}." for n in big.get("notes", [])]]
 
 
+def train_speed_section(ts: dict) -> list[str]:
+    """Training steps per second: each arm, then the ratios taken round by round."""
+    rows = []
+    for size, row in ts["sizes"].items():
+        for name, arm in row["arms"].items():
+            precision, threads = name.split()
+            rows.append(
+                [f"{size} px", precision, threads.rstrip("t"), f"{arm['median']:.3f}", f"{arm['steps_per_s']:.2f}"]
+                + [f"{arm['images_per_s']:.1f}"]
+            )
+    out = [
+        f"`python benchmarks/train_speed.py` on the recipe of `{ts['config']}` (batch {next(iter(ts['sizes'].values()))['batch']}"
+        f" images x {next(iter(ts['sizes'].values()))['noise_draws']} noise draws, augmentation on), device "
+        f"{ts['machine']['device']}.",
+        "",
+        *table(["size", "precision", "threads", "s / step (median)", "steps / s", "images / s"], rows),
+        "",
+    ]
+    ratios = [
+        [f"{size} px", name, f"x{r['speedup']:.2f}"]
+        for size, row in ts["sizes"].items()
+        for name, r in row["ratios"].items()
+    ]
+    out += table(["size", "comparison (median of per-round ratios)", "speed-up"], ratios) if ratios else []
+    return out + ["", *[f"> {n}." for n in ts.get("notes", [])]]
+
+
 def sections(runs: dict[str, dict]) -> dict[str, list[str]]:
     out = {"machine": machine_section(runs)} if runs else {}
     bench = runs.get("bench")
@@ -246,6 +275,8 @@ def sections(runs: dict[str, dict]) -> dict[str, list[str]]:
         out["load"] = load_section(runs["load"])
     if "big_images" in runs:
         out["big_images"] = big_images_section(runs["big_images"])
+    if "train_speed" in runs:
+        out["train_speed"] = train_speed_section(runs["train_speed"])
     return out
 
 

@@ -35,9 +35,12 @@ STEPS = (1, 2, 5, 10, 20)
 ENSEMBLES = (1, 4)
 SAMPLERS = ("ddim", "ddpm")
 CONSENSUS = "mean_logits"
+ONE_PASS = "one_pass"  # the sampler name of the one-pass segmenter arm's only row
 PICK = {"steps": 10, "ensemble": 1, "sampler": "ddim"}  # the setting that ranks arms for the combination
 
 CONFIGS = {"kvasir": "train/configs/study_steps_kvasir.toml", "brats": "train/configs/study_steps_brats.toml"}
+# the recycling round trains at the shipped models' size with their own recipes (augmentation included)
+SHIPPED_CONFIGS = {"kvasir": "train/configs/kvasir_demo.toml", "brats": "train/configs/brats_demo.toml"}
 # arm -> overrides of the base config; the factors the combination draws from are named in FACTORS
 ARMS: dict[str, list[str]] = {
     "today": [],
@@ -45,6 +48,16 @@ ARMS: dict[str, list[str]] = {
     "scale_0.5": ["model.mask_scale=0.5"],
     "scale_0.2": ["model.mask_scale=0.2"],
     "t_high": ["train.t_power=3"],
+    # the recycling round (Fu et al., MELBA 2024): today's best recipe, with and without recycling, and the
+    # same network as a one-pass segmenter: the number the diffusion steps have to beat
+    "best_today": ["model.mask_scale=0.2", "train.t_power=3"],
+    "recycle": ["model.mask_scale=0.2", "train.t_power=3", 'train.recycle="from_noise"'],
+    "recycle_next": ["model.mask_scale=0.2", "train.t_power=3", 'train.recycle="from_next"'],
+    "plain": ['train.objective="segmenter"'],
+}
+ROUNDS = {
+    "recipes": ["today", "self_cond", "scale_0.5", "scale_0.2", "t_high"],
+    "recycling": ["best_today", "recycle", "plain"],
 }
 FACTORS = {
     "self_condition": ["today", "self_cond"],
@@ -114,13 +127,22 @@ def measure(
         img = images[start : start + batch].float()
         truth = labels[start : start + batch].long()
         with torch.inference_mode():
-            cond = model.encode_image(img)
-            records = list(
-                sample_loop(model, cond, steps=steps, ensemble=ensemble, sampler=sampler, generator=gen, keep_x_t=False)
-            )
-        logits = torch.stack([r.logits for r in records])  # (S, E, B, K, H, W)
-        votes = torch.stack([r.labels for r in records])  # (S, E, B, H, W)
-        logsnr = torch.tensor([r.logsnr for r in records])
+            if sampler == ONE_PASS:  # the segmenter arm: one forward pass, no sampling
+                from .train import one_pass
+
+                logits = one_pass(model, img)[None, None]  # (1, 1, B, K, H, W)
+                votes = logits.argmax(dim=3).to(torch.uint8)  # (1, 1, B, H, W)
+                logsnr = model.schedule.logsnr(torch.ones(1))
+            else:
+                cond = model.encode_image(img)
+                records = list(
+                    sample_loop(
+                        model, cond, steps=steps, ensemble=ensemble, sampler=sampler, generator=gen, keep_x_t=False
+                    )
+                )
+                logits = torch.stack([r.logits for r in records])  # (S, E, B, K, H, W)
+                votes = torch.stack([r.labels for r in records])  # (S, E, B, H, W)
+                logsnr = torch.tensor([r.logsnr for r in records])
         if steps > 1:  # share of pixels whose class changes from one step to the next, per step
             changes += (votes[1:] != votes[:-1]).float().mean(dim=(1, 2, 3, 4)).double().numpy() * len(truth)
         for j in range(len(truth)):
@@ -172,9 +194,20 @@ def run_arm(name: str, overrides: list[str], opts: dict) -> dict:
         model = load_model(opts["weights"])
     else:
         if not (out / "weights" / "model.safetensors").is_file():
-            T.run([*args, "--no-progress"])
+            extra = ["--no-progress", "--resume"]  # --resume: continue an arm a time limit stopped
+            if opts.get("deadline"):
+                left = (opts["deadline"] - time.time()) / 60
+                if left < 2:
+                    raise SystemExit(f"time limit reached before arm {name}; run the same command to continue")
+                extra += ["--time-limit", f"{left:.2f}"]
+            T.run([*args, *extra])
+            if not (out / "weights" / "model.safetensors").is_file():
+                raise SystemExit(f"time limit reached while training arm {name}; run the same command to continue")
         model = load_model(out / "weights")
+    info_path = out / "weights" / "training.json"
     train_minutes = (time.time() - t0) / 60
+    if info_path.is_file():  # the arm's own training wall time, summed over its parts
+        train_minutes = json.loads(info_path.read_text()).get("wall_minutes", train_minutes)
     run = T.load_run_config(opts["config"], [*overrides, *common])
     _, val = T.prepare_data(run, Path(opts["out"]) / "cache")
     keep = (val.labels.flatten(1) > 0).any(1).nonzero().flatten()  # images with something to find
@@ -182,10 +215,18 @@ def run_arm(name: str, overrides: list[str], opts: dict) -> dict:
         keep = keep[torch.linspace(0, keep.numel() - 1, opts["max_val"]).round().long()]
     images, labels = val.images[keep], val.labels[keep]
     rows = []
-    for sampler in opts["samplers"]:
-        for ensemble in opts["ensembles"]:
-            for steps in opts["steps"]:
-                rows.append(measure(model, images, labels, steps=steps, ensemble=ensemble, sampler=sampler))
+    plain = 'train.objective="segmenter"' in overrides
+    settings = (
+        [(ONE_PASS, 1, 1)]
+        if plain
+        else [(sp, e, st) for sp in opts["samplers"] for e in opts["ensembles"] for st in opts["steps"]]
+    )
+    for sampler, ensemble, steps in settings:
+        rows.append(measure(model, images, labels, steps=steps, ensemble=ensemble, sampler=sampler))
+    if opts.get("figure"):  # x0-hat across the steps for one validation image, the same for every arm
+        figure = Path(opts["figure"].format(arm=name))
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        trajectory_strip(model, images, labels, index=opts.get("figure_index", 0), plain=plain, name=name, path=figure)
     base = {(r["sampler"], r["ensemble"]): r["dice"] for r in rows if r["steps"] == 1}
     for r in rows:
         r["gain_vs_1"] = r["dice"] - base.get((r["sampler"], r["ensemble"]), math.nan)
@@ -199,6 +240,61 @@ def run_arm(name: str, overrides: list[str], opts: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def trajectory_strip(
+    model,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    index: int,
+    plain: bool,
+    name: str,
+    path: Path,
+    steps: int = 10,
+) -> Path:
+    """A PNG strip for validation image `index`: the image with its truth, then x0-hat's argmax at each of
+    `steps` DDIM steps (E = 1, seed 0) with its Dice, then the consensus; the segmenter arm has one pass."""
+    from PIL import Image
+
+    from medconddiff import viz
+    from medconddiff.consensus import fuse
+    from medconddiff.sampler import sample_loop
+
+    k = model.config.num_classes
+    img, truth = images[index : index + 1].float(), labels[index].long()
+    c = img[0].numpy()
+    if model.config.modality == "natural":  # the model grid holds [0, 1] colours
+        base = (np.clip(np.moveaxis(c[:3], 0, -1), 0, 1) * 255).round().astype(np.uint8)
+    else:
+        base = viz.to_display(c, modality=model.config.modality, kind="nifti")
+    colours = viz.class_colours(k)
+    tile = lambda lab, text: viz.caption(viz.upscale(viz.overlay(base, lab, colours), min_side=160), text)  # noqa: E731
+    tiles = [tile(truth.numpy(), "truth")]
+    with torch.inference_mode():
+        if plain:
+            from .train import one_pass
+
+            lab = one_pass(model, img).argmax(1)[0]
+            tiles.append(tile(lab.numpy(), f"one pass {image_dice(lab, truth, k):.2f}"))
+        else:
+            g = torch.Generator().manual_seed(0)
+            recs = list(
+                sample_loop(model, model.encode_image(img), steps=steps, ensemble=1, sampler="ddim", generator=g)
+            )
+            for i, r in enumerate(recs):
+                lab = r.labels[0, 0].long()
+                tiles.append(tile(lab.numpy(), f"step {i + 1} {image_dice(lab, truth, k):.2f}"))
+            fused = fuse(
+                torch.stack([r.logits[:, 0] for r in recs]),
+                torch.tensor([r.logsnr for r in recs]),
+                method=CONSENSUS,
+                votes=torch.stack([r.labels[:, 0] for r in recs]),
+            )
+            tiles.append(tile(fused.labels.numpy(), f"consensus {image_dice(fused.labels, truth, k):.2f}"))
+    strip = viz.caption(viz.side_by_side(tiles), f"{name}: x0-hat per step (DDIM, E = 1), Dice per tile")
+    Image.fromarray(strip).save(path)
+    return path
 
 
 def pick_row(result: dict) -> dict:
@@ -336,6 +432,8 @@ def measure_weights(args) -> dict:
 def study_steps(args) -> dict:
     if args.weights:
         return measure_weights(args)
+    if args.round == "recycling":
+        return study_recycling(args)
     dataset = args.dataset
     tiny = args.tiny
     opts = {
@@ -358,7 +456,7 @@ def study_steps(args) -> dict:
     ]
     if tiny:
         opts["overrides"] += ["train.batch_size=2", "train.warmup=1", f"data.split_file={args.tiny_split}"]
-    arms = {a: ARMS[a] for a in (args.arms or (["today", "self_cond"] if tiny else list(ARMS)))}
+    arms = {a: ARMS[a] for a in (args.arms or (["today", "self_cond"] if tiny else ROUNDS["recipes"]))}
     results: dict[str, dict] = {}
     jobs = 1 if tiny else args.jobs
     with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -384,6 +482,173 @@ def study_steps(args) -> dict:
     return results
 
 
+def study_recycling(args) -> dict:
+    """The recycling round: best_today, recycle and plain at the shipped model's size and recipe, equal steps.
+
+    Each arm trains in its own run folder (resumable: a `--time-limit` stop is continued by the same
+    command), then every sampling setting is measured on the validation split; the tables of every
+    dataset measured so far go into docs/studies/steps_recycling.md."""
+    dataset, tiny = args.dataset, args.tiny
+    config = SHIPPED_CONFIGS[dataset]
+    from . import train as T
+
+    size = T.load_run_config(config, []).model.image_size
+    command = f"python -m train.studies steps --round recycling --dataset {dataset} --train-steps {args.train_steps}"
+    opts = {
+        "config": config,
+        "out": str(Path(args.runs) / (f"steps_recycling_{dataset}" + ("_tiny" if tiny else ""))),
+        "threads": args.threads,
+        "steps": (1, 2) if tiny else STEPS,
+        "ensembles": (1, 2) if tiny else ENSEMBLES,
+        "samplers": SAMPLERS,
+        "max_val": 4 if tiny else args.max_val,
+        "size": 32 if tiny else size,
+        "train_steps": 2 if tiny else args.train_steps,
+        "command": command + (" --tiny" if tiny else ""),
+        "deadline": time.time() + 60 * args.time_limit if args.time_limit else None,
+    }
+    stem = f"steps_recycling_{dataset}" + ("_tiny" if tiny else "")
+    docs = Path(args.docs)
+    opts["figure"] = str(docs / f"{stem}_{{arm}}.png")
+    opts["overrides"] = [
+        f"train.steps={opts['train_steps']}",
+        f"train.val_every={max(1, args.val_every)}",
+        f"train.ckpt_every={max(1, args.val_every)}",
+    ]
+    if tiny:
+        opts["overrides"] += [
+            f"model.image_size={opts['size']}",
+            "train.batch_size=2",
+            "train.warmup=1",
+            f"data.split_file={args.tiny_split}",
+        ]
+    names = args.arms or (["recycle", "plain"] if tiny else ROUNDS["recycling"])
+    results: dict[str, dict] = {}
+    for name in names:  # one arm at a time, each on every core
+        with ProcessPoolExecutor(max_workers=1) as pool:  # a fresh process: no state leaks between arms
+            results[name] = pool.submit(run_arm, name, ARMS[name], opts).result()
+        r = pick_row(results[name])
+        print(
+            f"{name}: dice {r['dice']:.3f} at S={r['steps']} (trained {results[name]['train_minutes']} min)", flush=True
+        )
+    docs.mkdir(parents=True, exist_ok=True)
+    summary = {name: {"overrides": r["overrides"], "best": best_defaults(r)} for name, r in results.items()}
+    verdict = recycling_verdict(results)
+    (docs / f"{stem}.json").write_text(
+        json.dumps({"options": opts, "summary": summary, "verdict": verdict, "arms": results}, indent=1)
+    )
+    found = sorted(docs.glob("steps_recycling_*.json"))
+    datasets = {
+        p.stem.removeprefix("steps_recycling_"): json.loads(p.read_text())
+        for p in found
+        if not p.stem.endswith("_tiny") or tiny
+    }
+    text = render_recycling(datasets)
+    (docs / ("steps_recycling_tiny.md" if tiny else "steps_recycling.md")).write_text(text)
+    print(text)
+    return results
+
+
+def _row(result: dict, steps: int, ensemble: int, sampler: str) -> dict | None:
+    for r in result["rows"]:
+        if (r["steps"], r["ensemble"], r["sampler"]) == (steps, ensemble, sampler):
+            return r
+    return None
+
+
+def recycling_verdict(results: dict[str, dict]) -> dict:
+    """The bar for each diffusion arm: Dice at S = 10 >= Dice at S = 1 + 0.01 (DDIM, E = 1), and its best
+    setting >= the one-pass segmenter's Dice - 0.01."""
+    plain = results.get("plain")
+    plain_dice = plain["rows"][0]["dice"] if plain else math.nan
+    out = {"plain_dice": plain_dice}
+    for name, res in results.items():
+        if name == "plain":
+            continue
+        r1, r10 = _row(res, 1, 1, "ddim"), _row(res, 10, 1, "ddim")
+        if r1 is None or r10 is None:
+            continue
+        best = best_defaults(res)
+        out[name] = {
+            "dice_s1": r1["dice"],
+            "dice_s10": r10["dice"],
+            "gain_s10": r10["dice"] - r1["dice"],
+            "steps_refine": r10["dice"] >= r1["dice"] + 0.01,
+            "best": best,
+            "beats_plain": bool(plain) and best["dice"] >= plain_dice - 0.01,
+        }
+    return out
+
+
+def render_recycling(datasets: dict[str, dict]) -> str:
+    lines = [
+        "# Steps that refine: recycling training and the one-pass segmenter",
+        "",
+        "Arms, each trained from scratch with the shipped model's config (size, augmentation, schedule) and the",
+        "same number of steps, seed 0:",
+        "",
+        "- `best_today`: masks scaled by 0.2 before noising, training times drawn towards high noise (3 t^2);",
+        "- `recycle`: the same, with recycling (Fu et al., MELBA 2024): every training row's noisy mask is built",
+        "  from the model's own x0-hat, predicted without gradient from pure noise at t = 1, instead of from the",
+        "  truth;",
+        "- `plain`: the same network trained as a one-pass segmenter (an empty mask at t = 1 in, the mask out):",
+        "  the number the diffusion steps have to beat.",
+        "",
+        "Validation split only (the sampling defaults are chosen on it too). Dice: mean over images of the mean",
+        "foreground Dice on the model grid. The bar: Dice at S = 10 at least Dice at S = 1 + 0.01 (DDIM, E = 1),",
+        "and the best setting at least the one-pass segmenter - 0.01.",
+    ]
+    for dataset, data in datasets.items():
+        opts, arms, verdict = data["options"], data["arms"], data.get("verdict", {})
+        lines += [
+            "",
+            f"## {dataset}",
+            "",
+            f"Command: `{opts['command']}`; {opts['train_steps']} training steps per arm at {opts['size']} px; "
+            f"{next(iter(arms.values()))['val_images']} validation images with foreground. JSON: "
+            f"[`steps_recycling_{dataset}.json`](steps_recycling_{dataset}.json).",
+            "",
+            "| arm | S=1 | S=2 | S=5 | S=10 | S=20 | DDPM S=10 | E=4 S=10 | last-step x0 S=10 | change/step S=10 "
+            "| AUROC ent. S=10 E=4 | best setting | bar | train min |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, res in arms.items():
+            if name == "plain":
+                r = res["rows"][0]
+                lines.append(
+                    f"| plain | {_f(r['dice'])} (one pass) | | | | | | | | | {_f(r['auroc_entropy'])} (one pass) | "
+                    f"one pass | baseline | {res['train_minutes']} |"
+                )
+                continue
+            cells = [_f((_row(res, st, 1, "ddim") or {}).get("dice", math.nan)) for st in STEPS]
+            r10p, r10e = _row(res, 10, 1, "ddpm"), _row(res, 10, 4, "ddim")
+            r10 = _row(res, 10, 1, "ddim")
+            v = verdict.get(name, {})
+            bar = (
+                ("refines" if v.get("steps_refine") else "no refinement")
+                + ", "
+                + ("matches plain" if v.get("beats_plain") else "below plain")
+                if v
+                else "–"
+            )
+            b = best_defaults(res)
+            lines.append(
+                f"| {name} | "
+                + " | ".join(cells)
+                + f" | {_f((r10p or {}).get('dice', math.nan))} | {_f((r10e or {}).get('dice', math.nan))} | "
+                f"{_f((r10 or {}).get('dice_last_step', math.nan))} | {_f((r10 or {}).get('change_mean', math.nan), 4)} | "
+                f"{_f((r10e or {}).get('auroc_entropy', math.nan))} | S={b['steps']} E={b['ensemble']} {b['sampler']} "
+                f"({_f(b['dice'])}) | {bar} | {res['train_minutes']} |"
+            )
+        lines += ["", "x0-hat across the steps for the same validation image (DDIM, E = 1, seed 0):", ""]
+        stem = f"steps_recycling_{dataset}"
+        lines += [f"![{name}]({stem}_{name}.png)" for name in arms]
+        lines += ["", "<details><summary>Every setting</summary>", ""]
+        lines += render(dataset, arms, opts).split("## Every setting", 1)[1].strip().splitlines()
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
 def add_parser(sub) -> None:
     s = sub.add_parser("steps", help="training recipes x steps x ensemble x sampler: do later steps help?")
     s.add_argument("--dataset", choices=sorted(CONFIGS), default="kvasir")
@@ -397,4 +662,12 @@ def add_parser(sub) -> None:
     s.add_argument("--docs", default="docs/studies", help="where the tables go")
     s.add_argument("--weights", help="measure this finished model on the dataset's validation split (no training)")
     s.add_argument("--tiny", action="store_true", help="a seconds-long run on a few images (tests, CI)")
+    s.add_argument(
+        "--round",
+        choices=["recipes", "recycling"],
+        default="recipes",
+        help="recipes: the first round's arms at --size; recycling: best_today / recycle / plain at the shipped size",
+    )
+    s.add_argument("--val-every", type=int, default=500, help="validation points of each arm's learning curve")
+    s.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop (resumably) before this much time")
     s.add_argument("--tiny-split", default="tests/data/tiny_split_kvasir.json", help="split file for --tiny")

@@ -4,6 +4,7 @@
     python -m train.studies consensus --weights assets/weights/brats-demo   # consensus x steps x ensemble
     python -m train.studies steps --dataset kvasir   # training recipes: do later steps refine the mask?
     python -m train.studies ct-scale --weights A B   # CT models at 3 mm, at 0.73 mm, with contrast-like +80 HU
+    python -m train.studies precision   # the same training in fp32 and under bf16 autocast: same result?
 
 Both evaluate on the BraTS validation patients through the shared pipeline and write JSON + Markdown
 into runs/studies/.
@@ -135,6 +136,84 @@ def study_consensus(args) -> dict:
     return {"rows": rows}
 
 
+def study_precision(args) -> dict:
+    """Train one config twice, fp32 and bf16 autocast (same seed, data and steps); compare the curves."""
+    from . import plot
+
+    out = Path(args.out)
+    arms = {}
+    for precision in ("fp32", "bf16"):
+        run_dir = out / f"precision_{precision}"
+        if not (run_dir / "weights" / "model.safetensors").is_file():
+            sets = [f"train.precision={json.dumps(precision)}", f"train.steps={args.steps}"]
+            sets += [f"train.val_every={args.val_every}", f"train.ckpt_every={args.steps}"]
+            T.run(
+                [
+                    "--config",
+                    args.config,
+                    "--out",
+                    str(run_dir),
+                    "--no-progress",
+                    *[a for x in sets for a in ("--set", x)],
+                ]
+            )
+        train, val = plot.read(run_dir)
+        info = json.loads((run_dir / "weights" / "training.json").read_text())
+        arms[precision] = {
+            "train": train,
+            "val": val,
+            "wall_minutes": info["wall_minutes"],
+            "precision": info["precision"],
+        }
+    fp32, bf16 = arms["fp32"], arms["bf16"]
+    pairs = [(a, b) for a, b in zip(fp32["val"], bf16["val"], strict=True)]
+    loss_pairs = [(a["loss"], b["loss"]) for a, b in zip(fp32["train"], bf16["train"], strict=True)]
+    result = {
+        "command": f"python -m train.studies precision --config {args.config} --steps {args.steps} --val-every {args.val_every}",
+        "config": args.config,
+        "steps": args.steps,
+        "validation": [
+            {
+                "step": a["step"],
+                "fp32": a["dice_fg_mean"],
+                "bf16": b["dice_fg_mean"],
+                "diff": b["dice_fg_mean"] - a["dice_fg_mean"],
+            }
+            for a, b in pairs
+        ],
+        "max_abs_val_diff": max(abs(b["dice_fg_mean"] - a["dice_fg_mean"]) for a, b in pairs),
+        "final_val_diff": pairs[-1][1]["dice_fg_mean"] - pairs[-1][0]["dice_fg_mean"],
+        "mean_abs_loss_diff": float(np.mean([abs(a - b) for a, b in loss_pairs])),
+        "mean_loss": float(np.mean([a for a, _ in loss_pairs])),
+        "first_loss_diff": abs(loss_pairs[0][0] - loss_pairs[0][1]),
+        "wall_minutes": {k: v["wall_minutes"] for k, v in arms.items()},
+        "resolved": {k: v["precision"] for k, v in arms.items()},
+    }
+    docs = Path(args.docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    plot.draw([out / "precision_fp32", out / "precision_bf16"], docs / "precision_parity.png", labels=["fp32", "bf16"])
+    lines = [
+        "# Training precision: fp32 against bf16 autocast",
+        "",
+        f"Command: `{result['command']}` (same config, seed, data order and steps; only `train.precision` differs).",
+        "",
+        "| step | validation Dice fp32 | bf16 | bf16 - fp32 |",
+        "|---|---|---|---|",
+        *[f"| {r['step']} | {r['fp32']:.4f} | {r['bf16']:.4f} | {r['diff']:+.4f} |" for r in result["validation"]],
+        "",
+        f"Largest validation difference {result['max_abs_val_diff']:.4f}; at the last step {result['final_val_diff']:+.4f}. "
+        f"Training loss (every 25 steps): mean absolute difference {result['mean_abs_loss_diff']:.4f} against a mean "
+        f"loss of {result['mean_loss']:.4f} (first logged step: {result['first_loss_diff']:.5f}). Wall time: fp32 "
+        f"{result['wall_minutes']['fp32']} min, bf16 {result['wall_minutes']['bf16']} min.",
+        "",
+        "![loss and validation Dice of both runs](precision_parity.png)",
+    ]
+    (docs / "precision_parity.md").write_text("\n".join(lines) + "\n")
+    (docs / "precision_parity.json").write_text(json.dumps(result, indent=1))
+    print("\n".join(lines))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.studies", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="study", required=True)
@@ -156,7 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--weights", nargs="+", default=["assets/weights/abdomen-ct-demo"])
     s.add_argument("--data", default="../shared/data/abdomen-ct")
     s.add_argument("--out", default="runs/studies")
+    p = sub.add_parser("precision", help="the same training in fp32 and bf16: validation Dice and loss curves")
+    p.add_argument("--config", default="train/configs/kvasir_demo.toml")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--out", default="runs/studies")
+    p.add_argument("--docs", default="docs/studies")
     args = ap.parse_args(argv)
+    if args.study == "precision":
+        study_precision(args)
+        return 0
     if args.study == "ct-scale":
         rows = ct_scale.run(args.weights, args.data)
         out = Path(args.out)

@@ -459,6 +459,65 @@ def init_backbone(model: MedCondDiff, spec: str) -> int:
     return len(src)
 
 
+def train_step(
+    net: torch.nn.Module,
+    model: MedCondDiff,
+    ema: MedCondDiff,
+    opt: torch.optim.Optimizer,
+    img: torch.Tensor,
+    lab: torch.Tensor,
+    run: RunConfig,
+    *,
+    step: int,
+    class_w: torch.Tensor,
+    gen: torch.Generator,
+    amp: str,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """One optimisation step on an augmented batch: img (B, C, S, S), lab (B, S, S) -> (loss, parts, grad norm).
+
+    Builds the R noisy masks per image (or the segmenter's empty mask), runs the forward pass under
+    autocast for the resolved precision `amp`, and takes the loss, the clipped AdamW step and the EMA
+    update in fp32. `net` is `model` or its DDP wrapper. The benchmark times exactly this function.
+    """
+    from medconddiff import precision as P
+
+    s, k = run.train, run.model.num_classes
+    device = next(model.parameters()).device
+    lab_r = lab.repeat_interleave(s.noise_draws, dim=0)  # (B*R, S, S), image-major like MedCondDiff.forward
+    if s.objective == "segmenter":  # one pass from an empty mask: no noise, no time
+        n_rows = lab_r.shape[0]
+        t = torch.ones(n_rows)
+        x_t = torch.zeros(n_rows, k, *lab_r.shape[-2:])
+        sc, rec = None, None
+    else:
+        t, noise, x_t, sc = noisy_masks(lab_r, run.model, s, model.schedule, gen)
+        rec = recycle_inputs(lab_r, t, noise, run.model, s, model.schedule, gen)
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, s)
+    with P.autocast(device, amp):  # the forward pass only: the loss below is computed in fp32
+        logits = net(
+            img.to(device),
+            x_t.to(device),
+            t.to(device),
+            self_cond_mask=None if sc is None else sc.to(device),
+            recycle=rec,
+        )
+    loss, parts = hybrid_loss(
+        logits.float(), lab_r.to(device), class_weights=class_w, dice_weight=s.dice_weight, ce_weight=s.ce_weight
+    )
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+    opt.step()
+    with torch.no_grad():
+        decay = min(s.ema_decay, (1 + step) / (10 + step))  # short warm-up of the average
+        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+            pe.lerp_(pm, 1 - decay)
+        for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
+            be.copy_(bm)
+    return loss, parts, gnorm
+
+
 class Deadline:
     """`--time-limit`: stop while a checkpoint can still be written inside the limit.
 
@@ -608,39 +667,9 @@ def run(argv: list[str] | None = None) -> int:
         img, lab = D.augment(
             train_set.images[idx].float(), train_set.labels[idx].long(), run.augment, gen, background=bg
         )
-        r = s.noise_draws
-        lab_r = lab.repeat_interleave(r, dim=0)  # (B*R, S, S), image-major like MedCondDiff.forward
-        if s.objective == "segmenter":  # one pass from an empty mask: no noise, no time
-            n_rows = lab_r.shape[0]
-            t = torch.ones(n_rows)
-            x_t = torch.zeros(n_rows, k, *lab_r.shape[-2:])
-            sc, rec = None, None
-        else:
-            t, noise, x_t, sc = noisy_masks(lab_r, run.model, s, model.schedule, gen)
-            rec = recycle_inputs(lab_r, t, noise, run.model, s, model.schedule, gen)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, s)
-        with P.autocast(device, amp):  # the forward pass only: the loss below is computed in fp32
-            logits = net(
-                img.to(device),
-                x_t.to(device),
-                t.to(device),
-                self_cond_mask=None if sc is None else sc.to(device),
-                recycle=rec,
-            )
-        loss, parts = hybrid_loss(
-            logits.float(), lab_r.to(device), class_weights=class_w, dice_weight=s.dice_weight, ce_weight=s.ce_weight
+        loss, parts, gnorm = train_step(
+            net, model, ema, opt, img, lab, run, step=step, class_w=class_w, gen=gen, amp=amp
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            decay = min(s.ema_decay, (1 + step) / (10 + step))  # short warm-up of the average
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
-            for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
-                be.copy_(bm)
         step += 1
         loss_value = loss.item()
         progress.loss_sum += loss_value
