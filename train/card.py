@@ -155,6 +155,16 @@ def model_card(weights_dir: Path, report: dict | None, *, notes: str = "") -> st
             f"{training.get('device', 'cpu')}, {training['wall_minutes']} min wall time",
             f"- {training['train_slices']} training slices, {training['val_slices']} validation slices",
         ]
+        if "precision" in training:  # recorded since training resolves train.precision
+            lines.append(
+                f"- precision: {training['precision']} forward pass (weights, optimiser, loss and validation in fp32), "
+                f"{training.get('threads', '?')} thread(s) per process"
+            )
+        best = training.get("best_validation")
+        if best and best.get("step"):
+            lines.append(f"- best validation foreground Dice {best['dice_fg_mean']:.3f} at step {best['step']}")
+        if (weights_dir / "learning_curve.png").is_file():
+            lines += ["", "![learning curve: loss and validation Dice against steps and wall time](learning_curve.png)"]
     if notes:
         lines += ["", notes]
     lines += ["", "## Not for", NOT_FOR, "", "## Evaluation"]

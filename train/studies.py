@@ -13,6 +13,7 @@ into runs/studies/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -136,6 +137,21 @@ def study_consensus(args) -> dict:
     return {"rows": rows}
 
 
+def _machine_line() -> str:
+    import os
+    import platform
+
+    from medconddiff import precision
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name")).split(":")[
+            1
+        ]
+    bf16 = "native bf16" if precision.cpu_has_native_bf16() else "no native bf16"
+    return f"{cpu.strip()}, {os.cpu_count()} cores, {bf16}"
+
+
 def study_precision(args) -> dict:
     """Train one config twice, fp32 and bf16 autocast (same seed, data and steps); compare the curves."""
     from . import plot
@@ -196,6 +212,8 @@ def study_precision(args) -> dict:
         "# Training precision: fp32 against bf16 autocast",
         "",
         f"Command: `{result['command']}` (same config, seed, data order and steps; only `train.precision` differs).",
+        f"Machine: {_machine_line()}. Validation: {T.TrainSettings.val_slices} validation images with foreground, "
+        f"{T.TrainSettings.val_steps} DDIM steps, sampled in fp32 (`train.train.validate`).",
         "",
         "| step | validation Dice fp32 | bf16 | bf16 - fp32 |",
         "|---|---|---|---|",
