@@ -209,3 +209,32 @@ def test_the_steps_study_runs_end_to_end_on_a_tiny_setting(shared_data, tmp_path
     assert "| self_cond |" in (tmp_path / "docs" / "steps_kvasir_tiny.md").read_text()
     loaded = load_model(tmp_path / "runs" / "steps_kvasir_tiny" / "self_cond" / "weights")
     assert loaded.config.self_condition and loaded.config.image_size == 32
+
+
+def test_the_recycling_round_trains_measures_and_draws_each_arm(shared_data, tmp_path):
+    """`steps --round recycling --tiny`: the recycling arm trains with recycling and is sampled every way, the
+    segmenter arm in one pass; each arm gets its trajectory picture and the verdict compares them."""
+    if not (shared_data / "kvasir-seg").is_dir():
+        pytest.skip("kvasir-seg not in ../shared/data")
+    from PIL import Image
+
+    from train import studies
+
+    docs = tmp_path / "docs"
+    studies.main(["steps", "--round", "recycling", "--tiny", "--runs", str(tmp_path / "runs"), "--docs", str(docs)])
+    report = json.loads((docs / "steps_recycling_kvasir_tiny.json").read_text())
+    assert set(report["arms"]) == {"recycle", "plain"}
+    plain = report["arms"]["plain"]["rows"]
+    assert [(r["sampler"], r["ensemble"], r["steps"]) for r in plain] == [("one_pass", 1, 1)]
+    recycle = report["arms"]["recycle"]["rows"]
+    assert {(r["sampler"], r["ensemble"], r["steps"]) for r in recycle} == {
+        (s, e, n) for s in ("ddim", "ddpm") for e in (1, 2) for n in (1, 2)
+    }
+    assert report["verdict"]["plain_dice"] == plain[0]["dice"]
+    log = (tmp_path / "runs" / "steps_recycling_kvasir_tiny" / "recycle" / "train.log").read_text()
+    assert '"recycle": "from_noise"' in log
+    for arm, tiles in (("recycle", 2 + 10 + 1), ("plain", 2)):  # truth, the steps (or the pass), consensus
+        picture = Image.open(docs / f"steps_recycling_kvasir_tiny_{arm}.png")
+        assert picture.size[0] > tiles * 150
+    text = (docs / "steps_recycling_tiny.md").read_text()
+    assert "| plain |" in text and "| recycle |" in text and "steps_recycling_kvasir_tiny_plain.png" in text
