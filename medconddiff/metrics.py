@@ -20,6 +20,9 @@ BRATS_REGIONS: dict[str, tuple[int, ...]] = {
     "TC": (1, 3, 4),  # tumour core
     "ET": (4,),  # enhancing tumour
 }
+# the same regions for the BraTS 2017+ labels, as contiguous classes: 0 background, 1 necrotic and
+# non-enhancing core (2015's labels 1 and 3), 2 oedema, 3 enhancing tumour (the files' label 4)
+BRATS_REGIONS_MERGED: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -75,25 +78,31 @@ def averages(values: list[float]) -> dict[str, float]:
 
 
 def brats_regions(
-    pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...] | None = None
+    pred: np.ndarray,
+    truth: np.ndarray,
+    spacing: tuple[float, ...] | None = None,
+    regions: dict[str, tuple[int, ...]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """BraTS WT/TC/ET: {"WT": {"dice": .., "hd95": ..}, ...} from label maps with labels 0..4."""
+    """BraTS WT/TC/ET: {"WT": {"dice": .., "hd95": ..}, ...} from label maps; `regions` names each region's
+    classes (default `BRATS_REGIONS`, the labels 0..4; `regions_for` picks it from a model's class names)."""
     out = {}
-    for name, labels in BRATS_REGIONS.items():
+    for name, labels in (regions or BRATS_REGIONS).items():
         p, t = np.isin(pred, labels), np.isin(truth, labels)
         out[name] = {"dice": dice(p, t), "hd95": hd95(p, t, spacing)}
     return out
 
 
 def regions_for(class_names: list[str]) -> dict[str, tuple[int, ...]]:
-    """The BraTS regions (WT/TC/ET, as `BRATS_REGIONS`) when the classes are the BraTS labels 0..4, else {}.
+    """The BraTS regions (WT/TC/ET) of a model's classes, else {}.
 
-    Read from the model's class names, so any model trained on BraTS labels gets them: five classes,
-    class 2 oedema and class 4 enhancing tumour (the order `BRATS_REGIONS` assumes).
+    Read from the class names, so any model trained on BraTS labels gets them: five classes (the 2015
+    labels 0..4, `BRATS_REGIONS`) or four (2017+ labels with 1 and 3 merged, `BRATS_REGIONS_MERGED`),
+    class 2 oedema and the last class enhancing tumour.
     """
     names = [n.lower() for n in class_names]
-    brats = len(names) == 5 and "edema" in names[2].replace("oe", "e") and names[4].startswith("enhancing")
-    return dict(BRATS_REGIONS) if brats else {}
+    if len(names) not in (4, 5) or "edema" not in names[2].replace("oe", "e") or not names[-1].startswith("enhancing"):
+        return {}
+    return dict(BRATS_REGIONS) if len(names) == 5 else dict(BRATS_REGIONS_MERGED)
 
 
 def present_dice(pred: np.ndarray, truth: np.ndarray) -> float | None:
@@ -138,8 +147,17 @@ def nanmean(values: list[float]) -> tuple[float, int]:
     return (float(np.mean(finite)) if finite else float("nan")), len(values) - len(finite)
 
 
-def evaluate_case(pred: np.ndarray, truth: np.ndarray, num_classes: int, *, spacing=None, brats: bool = False) -> dict:
-    """Everything reported for one case: per-class Dice/IoU, both averages, and BraTS regions if asked."""
+def evaluate_case(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    num_classes: int,
+    *,
+    spacing=None,
+    brats: bool = False,
+    regions: dict[str, tuple[int, ...]] | None = None,
+) -> dict:
+    """Everything reported for one case: per-class Dice/IoU, both averages, and BraTS regions if asked
+    (`brats=True`: the 2015 labels' regions; `regions`: these)."""
     pc = per_class(pred, truth, num_classes)
     out = {
         "dice": pc["dice"],
@@ -147,6 +165,6 @@ def evaluate_case(pred: np.ndarray, truth: np.ndarray, num_classes: int, *, spac
         "dice_mean": averages(pc["dice"]),
         "iou_mean": averages(pc["iou"]),
     }
-    if brats:
-        out["brats"] = brats_regions(pred, truth, spacing)
+    if brats or regions:
+        out["brats"] = brats_regions(pred, truth, spacing, regions)
     return out

@@ -6,11 +6,15 @@ Layouts understood by `find_cases`:
     single   <root>/<image files> + <root>/<label file>: one case (e.g. the abdominal CT)
     images   <root>/images/NAME.ext + <root>/masks/NAME.ext: 2D pictures (Kvasir-SEG, PH2), one case each;
              masks hold class indices, or are binarised with `mask_threshold` (JPEG masks are not exact)
-A `split_file` (train/splits/*.json: "train", "val", "test" lists of case names) fixes the parts.
+A `split_file` (train/splits/*.json: "train", "val" (or "validation"), "test" lists of case names) fixes
+the parts. In the brats layout a file name may hold `{case}`, the case folder's name
+(`{case}_flair.nii.gz` for BraTS 2018). `sources` joins several data folders into one dataset, each
+with its own files, label map and split (e.g. BraTS 2015 and 2018 with their labels merged).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -77,6 +81,9 @@ class DataSettings:
     val_range: list[int] | None = None  # single-case layout: slices [start, stop) along Z are validation
     split_file: str | None = None  # JSON with "train" / "val" / "test" case names (train/splits/)
     mask_threshold: int | None = None  # images layout: mask > threshold is class 1; None: values are classes
+    # several data folders as one dataset: each entry overrides the settings above for one folder
+    # (root, layout, channel_files, label_file, label_map, split_file, val_cases, ...); None: just `root`
+    sources: list[dict] | None = None
 
 
 @dataclass
@@ -84,11 +91,39 @@ class Case:
     name: str
     images: list[Path]  # one file per modality
     labels: Path | None
+    source: DataSettings | None = None  # the settings of the data folder it came from, with `sources`
+
+
+def sources_of(data: DataSettings) -> list[DataSettings]:
+    """The settings of each data folder: `data` itself, or one per entry of `data.sources`."""
+    if not data.sources:
+        return [data]
+    names = {f.name for f in dataclasses.fields(DataSettings)} - {"sources"}
+    out = []
+    for i, entry in enumerate(data.sources):
+        bad = sorted(set(entry) - names)
+        if bad:
+            raise DataError(f"data.sources[{i}]: unknown key(s) {bad}; accepted: {', '.join(sorted(names))}")
+        out.append(dataclasses.replace(data, sources=None, **entry))
+    return out
+
+
+def _named(pattern: str, case: str) -> str:
+    return pattern.replace("{case}", case)
 
 
 def find_cases(root: str | Path, data: DataSettings) -> list[Case]:
     """All cases under `root` in the given layout, sorted by name; `DataError` when the folder is
     missing or holds no case in that layout, or a case lacks one of its files."""
+    if data.sources:
+        cases = []
+        for src in sources_of(data):
+            cases += [dataclasses.replace(c, source=src) for c in find_cases(src.root, src)]
+        names = [c.name for c in cases]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DataError(f"data.sources: case name(s) found in more than one folder, e.g. {twice[0]!r}")
+        return sorted(cases, key=lambda c: c.name)
     root = Path(root)
     if data.layout not in ("brats", "nnunet", "single", "images"):
         raise DataError(f"unknown data layout {data.layout!r}; accepted: brats, nnunet, single, images")
@@ -110,15 +145,19 @@ def find_cases(root: str | Path, data: DataSettings) -> list[Case]:
         files = data.channel_files or []
         if not files:
             raise _fail(root, data, "the config names no image files (data.channel_files is empty)")
-        folders = [root] if data.layout == "single" else sorted({p.parent for p in root.rglob(data.label_file)})
+        if data.layout == "single":
+            folders = [root]
+        else:  # a case folder holds the label file (named after the folder where the name has {case})
+            hits = root.rglob(_named(data.label_file, "*"))
+            folders = sorted({p.parent for p in hits if p.name == _named(data.label_file, p.parent.name)})
         for folder in folders:
-            chans = [folder / f for f in files]
-            needed = chans + ([folder / data.label_file] if data.layout == "single" else [])
+            chans = [folder / _named(f, folder.name) for f in files]
+            lab = folder / _named(data.label_file, folder.name)
+            needed = chans + ([lab] if data.layout == "single" else [])
             missing = [c.name for c in needed if not c.is_file()]
             if missing:
                 where = folder if folder == root else folder.relative_to(root)
                 raise _fail(root, data, f"case {where} lacks {', '.join(missing)}")
-            lab = folder / data.label_file
             cases.append(Case(folder.name, chans, lab if lab.is_file() else None))
     else:
         for sub in ("images", "masks"):
@@ -157,6 +196,7 @@ def read_labels(case: Case, data: DataSettings) -> np.ndarray | None:
     """A case's label volume (X, Y, Z) or 2D mask (H, W), as class indices; None for an unlabelled case."""
     if case.labels is None:
         return None
+    data = case.source or data  # a case of one of several data folders: that folder's label map
     if data.layout == "images":
         mask = io.read_image(case.labels)[0]  # (H, W): the first channel of a grey or RGB mask
         if data.mask_threshold is not None:
@@ -192,13 +232,25 @@ def read_split(path: str | Path) -> dict[str, list[str]]:
         raise DataError(f"split file {path} not found (looked in {Path(path).resolve().parent}); {accepted}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as err:
         raise DataError(f"split file {path} is not readable JSON ({type(err).__name__}); {accepted}") from None
+    if isinstance(split, dict) and "val" not in split and "validation" in split:  # BraTS 2018's splits.json
+        split = {**split, "val": split["validation"]}
     if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "val", "test")):
         raise DataError(f"split file {path} lacks a 'train', 'val' or 'test' list; {accepted}")
     return split
 
 
 def split_cases(cases: list[Case], data: DataSettings, *, part: str | None = None):
-    """(train cases, validation cases); with `part` ("train" | "val" | "test") only that part's cases."""
+    """(train cases, validation cases); with `part` ("train" | "val" | "test") only that part's cases.
+
+    With `sources`, each data folder's cases are split by that folder's own split file or case lists."""
+    if data.sources:
+        parts = [
+            split_cases([c for c in cases if c.source is not None and c.source.root == src.root], src, part=part)
+            for src in sources_of(data)
+        ]
+        if part is not None:
+            return [c for p in parts for c in p]
+        return [c for tr, _ in parts for c in tr], [c for _, va in parts for c in va]
     if data.split_file:
         split = read_split(data.split_file)
         by_part = {k: [c for c in cases if c.name in set(split[k])] for k in ("train", "val", "test")}

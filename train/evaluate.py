@@ -67,6 +67,21 @@ def data_settings(args, weights_dir: Path, config) -> D.DataSettings:
         data = D.DataSettings(**json.loads((weights_dir / "training.json").read_text())["data"])
     else:
         return detect_data(Path(args.data), config)
+    if data.sources:  # several data folders: the one --data names (or a part of it, e.g. its validation/)
+        target = Path(args.data).resolve()
+        picked = []
+        for src in data.sources:
+            root = Path(src["root"]).resolve()
+            if target == root:
+                picked.append(src)
+            elif root in target.parents:
+                picked.append({**src, "root": str(args.data), "train_cases": None, "val_cases": None})
+        if not picked:
+            roots = ", ".join(str(s["root"]) for s in data.sources)
+            raise D.DataError(
+                f"--data {args.data} is none of the config's data folders; accepted: {roots} or a folder in one"
+            )
+        return dataclasses.replace(data, sources=picked)
     return dataclasses.replace(data, root=str(args.data), train_cases=None, val_cases=None)
 
 
@@ -169,8 +184,11 @@ def evaluate(
     if cases:
         found = [c for c in found if c.name in cases]
     k = model.config.num_classes
-    if brats is None:
-        brats = data.layout == "brats" and k == 5
+    regions = metrics.regions_for(model.config.class_names) if data.layout == "brats" else {}
+    if brats is not None and not brats:
+        regions = {}
+    elif brats and not regions:
+        regions = dict(metrics.BRATS_REGIONS)
     per_case, seconds = {}, []
     for case in found:
         scan = load_case(case.images, model.config)  # each case is read once: the scan here, the labels below
@@ -182,7 +200,7 @@ def evaluate(
         if data.layout == "single" and data.val_range:
             a, b = data.val_range
             pred, truth = pred[..., a:b], truth[..., a:b]  # only the held-out block of slices
-        per_case[case.name] = metrics.evaluate_case(pred, truth, k, spacing=scan.spacing, brats=brats)
+        per_case[case.name] = metrics.evaluate_case(pred, truth, k, spacing=scan.spacing, regions=regions)
     return {
         "class_names": list(model.config.class_names),
         "settings": dataclasses.asdict(settings),

@@ -416,8 +416,17 @@ def prepare_data(run: RunConfig, cache: Path) -> tuple[D.SliceSet, D.SliceSet]:
             )
 
         return part("train", train_cases), part("val", val_cases)
-    tr = [D.load_or_build(cache, f"{c.name}_{key}", lambda c=c: D.build_slices([c], run.data, m)) for c in train_cases]
-    va = [D.load_or_build(cache, f"{c.name}_{key}", lambda c=c: D.build_slices([c], run.data, m)) for c in val_cases]
+
+    def case_key(c: D.Case) -> str:  # a label map changes the cached labels: it is part of the name
+        label_map = (c.source or run.data).label_map
+        if not label_map:
+            return f"{c.name}_{key}"
+        import hashlib
+
+        return f"{c.name}_{key}_lm{hashlib.sha256(json.dumps(label_map, sort_keys=True).encode()).hexdigest()[:8]}"
+
+    tr = [D.load_or_build(cache, case_key(c), lambda c=c: D.build_slices([c], run.data, m)) for c in train_cases]
+    va = [D.load_or_build(cache, case_key(c), lambda c=c: D.build_slices([c], run.data, m)) for c in val_cases]
 
     def cat(sets):
         if not sets:
