@@ -204,15 +204,38 @@ def test_results_md_holds_exactly_what_the_committed_json_renders_to():
     """RESULTS.md's tables are the committed JSON's: regenerating them changes nothing."""
     text = (REPO / "benchmarks" / "RESULTS.md").read_text()
     runs = report.load_inputs(sorted(RESULTS.glob("*.json")))
-    assert set(runs) == {"bench", "ablate", "load", "big_images"}
+    assert set(runs) == {"bench", "ablate", "load", "big_images", "train_speed"}
     assert report.update(text, report.sections(runs)) == text
     assert report.update(text, {"speed": ["changed"]}) != text  # the check can fail
+
+
+def test_train_speed_times_every_arm_and_reports_the_ratios(tmp_path):
+    """The training-throughput benchmark at its smallest: every precision the CPU runs natively x one thread
+    and every core, steps/s and images/s per arm, ratios taken round by round, and a renderable section."""
+    out = tmp_path / "train_speed.json"
+    proc = _run(["benchmarks/train_speed.py", "--sizes", "32", "--rounds", "1", "--steps", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["kind"] == "train_speed" and "bf16 support" in proc.stderr
+    bf16 = result["machine"]["cpu_bf16"]
+    row = result["sizes"]["32"]
+    expected = {
+        f"{p} {t}t" for p in (["fp32", "bf16"] if bf16 else ["fp32"]) for t in sorted({1, harness.os.cpu_count()})
+    }
+    assert set(row["arms"]) == expected
+    for arm in row["arms"].values():
+        assert _positive(arm["median"]) and arm["images_per_s"] == pytest.approx(8 * arm["steps_per_s"])
+    if bf16:
+        assert _positive(row["ratios"][f"bf16 vs fp32, {max({1, harness.os.cpu_count()})} threads"]["speedup"])
+    else:
+        assert "skipped" in result["notes"][0] and not any("bf16" in k for k in row["ratios"])
+    section = report.train_speed_section(result)
+    assert any(line.startswith("| 32 px | fp32 | 1 |") for line in section)
 
 
 def test_report_refuses_an_unknown_json_and_a_file_without_markers(tmp_path):
     other = tmp_path / "other.json"
     other.write_text("{}")
-    with pytest.raises(SystemExit, match="not a bench.py, ablate.py, load.py or big_images.py JSON"):
+    with pytest.raises(SystemExit, match="not a bench.py, ablate.py, load.py, big_images.py or train_speed.py JSON"):
         report.main([str(other)])
     with pytest.raises(SystemExit, match="no <!-- begin speed -->"):
         report.update("# results\n", {"speed": ["x"]})
