@@ -48,17 +48,18 @@ def check(precision: str) -> str:
     return precision
 
 
-def resolve(precision: str, device: torch.device | str, *, warn: bool = True) -> str:
+def resolve(precision: str, device: torch.device | str, *, warn: bool = True, allow_fp16: bool = True) -> str:
     """Resolve "auto" to the best precision for `device`; an explicit name is kept.
 
     Forcing bf16 where the hardware would emulate it still runs (bit-for-bit the same maths), with
-    one warning that it will be slower than fp32; fp16 on a CPU likewise.
+    one warning that it will be slower than fp32; fp16 on a CPU likewise. `allow_fp16=False` (training):
+    "auto" on a GPU without bf16 gives fp32.
     """
     check(precision)
     device = torch.device(device)
     if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if native_bf16(device) else "fp16"
+        if device.type == "cuda":  # fp16 only where it may be used (training would need loss scaling)
+            return "bf16" if native_bf16(device) else "fp16" if allow_fp16 else "fp32"
         return "bf16" if native_bf16(device) else "fp32"
     if warn and device.type == "cpu" and precision != "fp32" and not (precision == "bf16" and native_bf16(device)):
         warnings.warn(

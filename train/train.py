@@ -467,7 +467,7 @@ def run(argv: list[str] | None = None) -> int:
 
     threads = s.threads or max(1, (os.cpu_count() or 1) // world)
     torch.set_num_threads(threads)
-    amp = P.resolve(s.precision, device)
+    amp = P.resolve(s.precision, device, allow_fp16=False)
     identity = run_identity(run, amp)
     ckpt = out / "checkpoint.safetensors"
     resuming = args.resume and ckpt.is_file()
