@@ -25,6 +25,8 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/NAME.py` from a check
 
 import torch  # noqa: E402
 
+from medconddiff.precision import cpu_has_native_bf16  # noqa: E402
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -177,7 +179,7 @@ def machine(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
-        "cpu_bf16": bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "cpu_bf16": cpu_has_native_bf16(),
         "cuda_available": torch.cuda.is_available(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

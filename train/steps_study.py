@@ -429,6 +429,20 @@ def measure_weights(args) -> dict:
     return results
 
 
+def sweep_options(args, *, size: int) -> dict:
+    """What every round shares: threads, the sampling sweep, the validation images, size and steps (--tiny: a few)."""
+    tiny = args.tiny
+    return {
+        "threads": args.threads,
+        "steps": (1, 2) if tiny else STEPS,
+        "ensembles": (1, 2) if tiny else ENSEMBLES,
+        "samplers": SAMPLERS,
+        "max_val": 4 if tiny else args.max_val,
+        "size": 32 if tiny else size,
+        "train_steps": 2 if tiny else args.train_steps,
+    }
+
+
 def study_steps(args) -> dict:
     if args.weights:
         return measure_weights(args)
@@ -439,13 +453,7 @@ def study_steps(args) -> dict:
     opts = {
         "config": CONFIGS[dataset],
         "out": str(Path(args.runs) / (f"steps_{dataset}" + ("_tiny" if tiny else ""))),
-        "threads": args.threads,
-        "steps": (1, 2) if tiny else STEPS,
-        "ensembles": (1, 2) if tiny else ENSEMBLES,
-        "samplers": SAMPLERS,
-        "max_val": 4 if tiny else args.max_val,
-        "size": 32 if tiny else args.size,
-        "train_steps": 2 if tiny else args.train_steps,
+        **sweep_options(args, size=args.size),
         "command": "python -m train.studies steps --dataset " + dataset + (" --tiny" if tiny else ""),
     }
     opts["overrides"] = [
@@ -497,13 +505,7 @@ def study_recycling(args) -> dict:
     opts = {
         "config": config,
         "out": str(Path(args.runs) / (f"steps_recycling_{dataset}" + ("_tiny" if tiny else ""))),
-        "threads": args.threads,
-        "steps": (1, 2) if tiny else STEPS,
-        "ensembles": (1, 2) if tiny else ENSEMBLES,
-        "samplers": SAMPLERS,
-        "max_val": 4 if tiny else args.max_val,
-        "size": 32 if tiny else size,
-        "train_steps": 2 if tiny else args.train_steps,
+        **sweep_options(args, size=size),
         "command": command + (" --tiny" if tiny else ""),
         "deadline": time.time() + 60 * args.time_limit if args.time_limit else None,
     }

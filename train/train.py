@@ -27,6 +27,7 @@ import tomllib
 import torch
 import torch.distributed as dist
 
+from medconddiff import precision as P
 from medconddiff.config import MedCondDiffConfig
 from medconddiff.diffusion import Recycle, class_weights_from_counts, hybrid_loss, labels_to_x0, q_sample
 from medconddiff.model import MedCondDiff
@@ -222,10 +223,8 @@ OBJECTIVES = ("diffusion", "segmenter")
 
 def check_settings(s: TrainSettings) -> None:
     """Refuse settings with no meaning, naming what is accepted."""
-    from medconddiff import precision
-
     try:
-        precision.check(s.precision)
+        P.check(s.precision)
     except ValueError as err:
         raise SystemExit(f"train.precision: {err}") from None
     if s.precision == "fp16":
@@ -385,8 +384,6 @@ def train_step(
     autocast for the resolved precision `amp`, and takes the loss, the clipped AdamW step and the EMA
     update in fp32. `net` is `model` or its DDP wrapper. The benchmark times exactly this function.
     """
-    from medconddiff import precision as P
-
     s, k = run.train, run.model.num_classes
     device = next(model.parameters()).device
     lab_r = lab.repeat_interleave(s.noise_draws, dim=0)  # (B*R, S, S), image-major like MedCondDiff.forward
@@ -463,8 +460,6 @@ def run(argv: list[str] | None = None) -> int:
         handlers=[logging.FileHandler(out / "train.log")] if is_main else [logging.NullHandler()],
         force=True,  # a second run in the same process (the studies) logs to its own folder
     )
-    from medconddiff import precision as P
-
     threads = s.threads or max(1, (os.cpu_count() or 1) // world)
     torch.set_num_threads(threads)
     amp = P.resolve(s.precision, device, allow_fp16=False)
