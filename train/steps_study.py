@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -35,6 +36,9 @@ STEPS = (1, 2, 5, 10, 20)
 ENSEMBLES = (1, 4)
 SAMPLERS = ("ddim", "ddpm")
 CONSENSUS = "mean_logits"
+# workers are started fresh, not forked: a fork of a process whose OpenMP threads have run deadlocks in the
+# child's first multi-threaded operator (seen with two threads per arm)
+SPAWN = multiprocessing.get_context("spawn")
 ONE_PASS = "one_pass"  # the sampler name of the one-pass segmenter arm's only row
 PICK = {"steps": 10, "ensemble": 1, "sampler": "ddim"}  # the setting that ranks arms for the combination
 
@@ -467,7 +471,7 @@ def study_steps(args) -> dict:
     arms = {a: ARMS[a] for a in (args.arms or (["today", "self_cond"] if tiny else ROUNDS["recipes"]))}
     results: dict[str, dict] = {}
     jobs = 1 if tiny else args.jobs
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=SPAWN) as pool:
         futures = {name: pool.submit(run_arm, name, ov, opts) for name, ov in arms.items()}
         for name, fut in futures.items():
             results[name] = fut.result()
@@ -527,7 +531,7 @@ def study_recycling(args) -> dict:
     names = args.arms or (["recycle", "plain"] if tiny else ROUNDS["recycling"])
     results: dict[str, dict] = {}
     for name in names:  # one arm at a time, each on every core
-        with ProcessPoolExecutor(max_workers=1) as pool:  # a fresh process: no state leaks between arms
+        with ProcessPoolExecutor(max_workers=1, mp_context=SPAWN) as pool:  # a fresh process per arm
             results[name] = pool.submit(run_arm, name, ARMS[name], opts).result()
         r = pick_row(results[name])
         print(
