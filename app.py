@@ -30,7 +30,7 @@ from medconddiff.pipeline import iter_segment_slices, segment_slices, segment_vo
 PAPER_URL = modelcard.PAPER_URL
 SAMPLERS = {"DDIM (deterministic)": "ddim", "DDPM (ancestral)": "ddpm"}
 UNCERTAINTY = {"disagreement (1 - agreement of steps and members)": "agreement", "entropy": "entropy"}
-EXAMPLES = examples.load_examples()
+EXAMPLES = server.gallery_examples(examples.load_examples())  # in the order of the models catalogue
 CONCURRENCY = server.CONCURRENCY  # sampling runs at once, all users together (MEDCONDDIFF_CONCURRENCY)
 
 

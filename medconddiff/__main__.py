@@ -45,7 +45,8 @@ def _build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--weights",
         default=None,
-        help="bundled name, folder, or Hub repo id[@revision] (default: MEDCONDDIFF_WEIGHTS or brats-demo)",
+        help="an offered model's name (`info` lists them), a folder, or a Hub repo id[@revision] "
+        "(default: MEDCONDDIFF_WEIGHTS or brats-demo)",
     )
     seg.add_argument("--steps", type=int, default=None, help="sampling steps S (default: the model's, usually 10)")
     seg.add_argument("--ensemble", type=int, default=None, help="ensemble members E sampled together (default 1)")
@@ -62,8 +63,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    info = sub.add_parser("info", help="print the model's size, classes and settings")
-    info.add_argument("--weights", default=None)
+    info = sub.add_parser(
+        "info",
+        help="print the model's size, classes and settings",
+        description="Without --weights: the offered models (where each would load from) and the default model.",
+    )
+    info.add_argument("--weights", default=None, help="an offered model's name, a folder, or a Hub repo id[@revision]")
     return ap
 
 
@@ -268,14 +273,34 @@ def cmd_segment_folder(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
-    from .hub import load_folder, resolve
+def _origin(spec: str | None, folder: Path) -> str:
+    """Where `info`'s weights came from, in words: an offered model's bundled folder or Hub repo, or the folder."""
+    from . import catalogue, hub
 
+    model = catalogue.find(spec or os.environ.get("MEDCONDDIFF_WEIGHTS") or hub.DEFAULT_WEIGHTS)
+    if model is None:
+        return str(folder)
+    if folder == hub.bundled_folder(model):
+        return f"{folder} ({model.name}, bundled)"
+    return f"{folder} ({model.name}, from the Hub: {model.repo}@{model.revision})"
+
+
+def cmd_info(args) -> int:
+    from . import catalogue
+    from .hub import availability, load_folder, resolve
+
+    if args.weights is None:  # the offered models first: listing them needs no weights and no network
+        models = catalogue.load()
+        print(f"offered models ({catalogue.path()}; weights source: {catalogue.weights_source()}):")
+        width = max((len(m.name) for m in models), default=0)
+        for m in models:
+            print(f"  {m.name:<{width}}  {m.purpose}\n  {'':<{width}}  {availability(m)}")
+        print()
     folder = resolve(args.weights)
     model = load_folder(folder)
     c = model.config
     n = model.parameter_counts()
-    print(f"weights:    {folder}")
+    print(f"weights:    {_origin(args.weights, folder)}")
     print(
         f"parameters: backbone {n['backbone'] / 1e6:.2f}M + rest {n['rest'] / 1e6:.2f}M = total {n['total'] / 1e6:.2f}M"
     )

@@ -354,6 +354,43 @@ def test_bad_weights_give_clear_errors(app, server, tmp_path, monkeypatch):
         app.on_model(None, "nobody/no-such-model")
 
 
+def test_the_gallery_follows_the_catalogue_each_models_example_first(app):
+    from medconddiff import catalogue
+
+    order = [m.name for m in catalogue.load()]
+    models = [ex.model for ex in app.EXAMPLES]
+    assert models == sorted(models, key=order.index), "the gallery is in the catalogue's order of models"
+    for m in catalogue.load():
+        assert next(ex for ex in app.EXAMPLES if ex.model == m.name).caption == m.example
+    assert app.EXAMPLES[0].caption == catalogue.load()[0].example and app.EXAMPLES[1].model == order[0]
+
+
+def test_a_catalogued_model_that_cannot_load_shows_an_error_box_and_the_others_still_work(
+    app, server, tmp_path, monkeypatch
+):  # fmt: skip
+    """Offline, with neither its bundled folder nor a cached copy: picking it shows the message naming its repo,
+    revision and `hf download` command; the page was built without loading it, and the other models still load."""
+    import gradio as gr
+    from huggingface_hub import constants
+
+    from medconddiff import catalogue
+
+    ghost = '[[models]]\nname = "ghost-demo"\nrepo = "lab/ghost"\nrevision = "main"\nbundled = "ghost-demo"\n'
+    models = tmp_path / "models.toml"
+    models.write_text(catalogue.CATALOGUE_FILE.read_text() + "\n" + ghost + 'purpose = "nothing here"\n')
+    monkeypatch.setenv(catalogue.CATALOGUE_ENV, str(models))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert ("ghost-demo — nothing here", "ghost-demo") in server.model_labels()  # offered, not loaded
+    with pytest.raises(gr.Error) as info:
+        app.on_model("ghost-demo", "")
+    message = str(info.value)
+    assert "ghost-demo: not bundled here" in message and "lab/ghost@main" in message
+    assert "`hf download lab/ghost --revision main --local-dir DIR`" in message
+    offered = next(name for name in server.model_choices() if name != "ghost-demo")
+    assert app.on_model(offered, "")[0].startswith(f"**{offered}**")
+
+
 def test_custom_weights_follow_the_server_setting(app, server, tiny_weights, tmp_path, monkeypatch):
     """off: only the offered models load, the error lists them; on: a local folder loads, resolved once."""
     import shutil
