@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import io, ood
-from .consensus import Consensus, fuse
+from .consensus import Consensus, class_argmax, fuse
 from .errors import SettingsError
 from .precision import PRECISIONS
 from .sampler import SamplingSettings, StepRecord, sample_loop, trajectory_buffer
@@ -146,7 +146,7 @@ def _finish(traj: Trajectory, geometry: io.Geometry, method: str) -> Result:
     probs = io.from_model_grid(c.probs, geometry, fill=bg)
     unc = io.from_model_grid(torch.stack([c.agreement, c.entropy]), geometry, fill=torch.tensor([1.0, 0.0]))
     return Result(
-        labels=probs.argmax(dim=0).numpy(),
+        labels=class_argmax(probs, dim=0).numpy(),
         probs=probs.numpy(),
         agreement=unc[0].numpy(),
         entropy=unc[1].numpy(),
