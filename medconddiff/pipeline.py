@@ -19,7 +19,8 @@ import torch
 from . import io, ood
 from .consensus import Consensus, class_argmax, fuse
 from .errors import SettingsError
-from .precision import PRECISIONS
+from .precision import autocast_dtype
+from .precision import resolve as resolve_precision
 from .sampler import SamplingSettings, StepRecord, sample_loop, trajectory_buffer
 
 if TYPE_CHECKING:
@@ -49,12 +50,14 @@ class Result:
     geometry: io.Geometry
     consensus: str
     trajectory: Trajectory | None = field(default=None, repr=False)
+    precision: str = "fp32"  # what the network ran in: "fp32", "bf16" or "fp16" ("auto" resolved)
+    sampled: bool = True  # False: the slice held only background and got it without sampling
 
     def refuse(self, method: str) -> Result:
         """The same sampling fused with another consensus function, without re-sampling."""
         if self.trajectory is None:
             raise SettingsError("this result kept no trajectory; re-run with keep_trajectory=True")
-        return _finish(self.trajectory, self.geometry, method)
+        return _finish(self.trajectory, self.geometry, method, precision=self.precision)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -68,24 +71,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """Precision name -> autocast dtype: fp32 -> None (no autocast), bf16, fp16 (`precision.autocast_dtype`).
-
-    Reduced precision is opt-in here: check its masks against fp32 on your data first
-    (`python benchmarks/bench.py --amp bf16` reports the Dice between the two).
-    """
-    if precision not in PRECISIONS:
-        raise SettingsError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision]
+def model_device(model: MedCondDiff) -> torch.device:
+    """The device the model's weights are on (where its inputs must go)."""
+    return next(model.parameters()).device
 
 
-def encode(model, batch: torch.Tensor, *, precision: str = "fp32") -> torch.Tensor:
+def encode(model, batch: torch.Tensor, *, precision: str = "auto") -> torch.Tensor:
     """(B, C, size, size) model-grid images -> cond (B, denoiser_width, size/4, size/4), float32.
 
     The once-per-image part: the backbone and semantic decoder, under autocast when `precision`
-    asks for it; `cond` comes back in float32 so the sampling state stays float32.
+    asks for it ("auto": `precision.resolve` for the batch's device); `cond` comes back in float32
+    so the sampling state stays float32.
     """
-    dtype = autocast_dtype(precision)
+    dtype = autocast_dtype(resolve_precision(precision, batch.device, warn=False))
     if dtype is None:
         return model.encode_image(batch)
     with torch.autocast(batch.device.type, dtype=dtype):
@@ -137,7 +135,7 @@ def _to_original(maps: torch.Tensor, geometry: io.Geometry, fill: torch.Tensor) 
     return io.from_model_grid(maps, geometry, fill=fill).numpy()
 
 
-def _finish(traj: Trajectory, geometry: io.Geometry, method: str) -> Result:
+def _finish(traj: Trajectory, geometry: io.Geometry, method: str, *, precision: str) -> Result:
     """Fuse a trajectory and bring the maps back to the original grid."""
     c = fuse(traj.logits, torch.from_numpy(traj.logsnr), method=method, votes=traj.labels)
     k = c.probs.shape[0]
@@ -153,10 +151,11 @@ def _finish(traj: Trajectory, geometry: io.Geometry, method: str) -> Result:
         geometry=geometry,
         consensus=method,
         trajectory=traj,
+        precision=precision,
     )
 
 
-def _empty_result(geometry: io.Geometry, k: int, method: str) -> Result:
+def _empty_result(geometry: io.Geometry, k: int, method: str, *, precision: str) -> Result:
     h, w = geometry.shape
     probs = np.zeros((k, h, w), np.float32)
     probs[0] = 1.0
@@ -167,6 +166,8 @@ def _empty_result(geometry: io.Geometry, k: int, method: str) -> Result:
         entropy=np.zeros((h, w), np.float32),
         geometry=geometry,
         consensus=method,
+        precision=precision,
+        sampled=False,
     )
 
 
@@ -230,6 +231,8 @@ def _sample_steps(
 ) -> Generator[SliceStep, None, Trajectory]:
     """(B, C, size, size) model-grid images -> a CPU `SliceStep` per step; returns the whole `Trajectory`.
 
+    `precision` is already resolved for the model's device ("fp32", "bf16" or "fp16").
+
     The trajectory's maps keep the batch axis: logits (S, E, B, K, size, size). Each step runs
     under `torch.inference_mode()`, entered and left around that step alone, so the consumer may
     resume this generator on any thread and no grad-mode context stays open across a `yield`.
@@ -287,7 +290,7 @@ def iter_segment_slices(
     generator: torch.Generator | None = None,
     keep_trajectory: bool = False,
     channels_last: bool | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     backbone_every_step: bool = False,
 ) -> Iterator[SliceStep | list[Result]]:
     """Segment raw slices [(C, H, W), ...] (as read; `kind` "nifti" or "image") as one batch.
@@ -298,20 +301,49 @@ def iter_segment_slices(
     slice. Pure-background slices skip the model. Each step runs under its own
     `torch.inference_mode()` (see `_sample_steps`): resuming on another thread is safe.
     `channels_last`: None picks the faster layout for the device (`use_channels_last`).
-    `precision`: "fp32" (default), or "bf16" / "fp16" autocast for the network (opt-in).
+    `precision`: "auto" (default: bf16 where the hardware runs it natively, fp16 on an older CUDA GPU,
+    else fp32; `precision.resolve`), or "fp32", "bf16", "fp16" for the network's autocast; each
+    `Result.precision` says which ran. Forcing bf16 or fp16 where the hardware would emulate it
+    runs, with a warning that it is slower.
     `backbone_every_step`: re-run the backbone at every step (the authors' structure; the same
     masks, slower), for benchmarks/bench.py to time against this design.
     """
+    used = resolve_precision(precision, model_device(model))  # an unknown precision fails before any work
+    prepared = [prepare_slice(s, model.config, kind=kind, ct_window=ct_window, spacing=spacing) for s in slices]
+    return (
+        yield from _iter_prepared(
+            model,
+            prepared,
+            settings,
+            generator=generator,
+            keep_trajectory=keep_trajectory,
+            channels_last=channels_last,
+            precision=used,
+            backbone_every_step=backbone_every_step,
+        )
+    )
+
+
+def _iter_prepared(
+    model: MedCondDiff,
+    prepared: list[Prepared],
+    settings: SamplingSettings,
+    *,
+    generator: torch.Generator | None,
+    keep_trajectory: bool,
+    channels_last: bool | None,
+    precision: str,
+    backbone_every_step: bool = False,
+) -> Iterator[SliceStep | list[Result]]:
+    """`iter_segment_slices` once its slices are prepared: the slices with content sampled as one
+    batch, then the list of `Result`s (background for the empty ones). `precision` is resolved."""
     config = model.config
-    device = next(model.parameters()).device
-    autocast_dtype(precision)  # an unknown precision fails before any work
-    prepared = [prepare_slice(s, config, kind=kind, ct_window=ct_window, spacing=spacing) for s in slices]
     active = [i for i, p in enumerate(prepared) if p.image is not None]
-    results: list[Result | None] = [None] * len(slices)
+    results: list[Result | None] = [None] * len(prepared)
     if generator is None:
         generator = torch.Generator().manual_seed(settings.seed)
     if active:
-        batch = torch.stack([prepared[i].image for i in active]).to(device)  # (B, C, size, size)
+        batch = torch.stack([prepared[i].image for i in active]).to(model_device(model))  # (B, C, size, size)
         traj = yield from _sample_steps(
             model,
             batch,
@@ -332,11 +364,11 @@ def iter_segment_slices(
                     x_t=None if traj.x_t is None else traj.x_t[:, :, j],
                     labels=traj.labels[:, :, j],
                 )
-                res = _finish(one, prepared[i].geometry, settings.consensus)
+                res = _finish(one, prepared[i].geometry, settings.consensus, precision=precision)
                 results[i] = res if keep_trajectory else replace(res, trajectory=None)
-    for i in range(len(slices)):
+    for i, p in enumerate(prepared):
         if results[i] is None:
-            results[i] = _empty_result(prepared[i].geometry, config.num_classes, settings.consensus)
+            results[i] = _empty_result(p.geometry, config.num_classes, settings.consensus, precision=precision)
     yield results
 
 
@@ -347,10 +379,12 @@ def segment_model_grid(
     *,
     generator: torch.Generator | None = None,
     channels_last: bool | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> Consensus:
     """(B, C, size, size) images already on the model grid (e.g. a training `SliceSet`) -> the fused
-    `Consensus` on that grid: labels (B, size, size). The same sampling as `iter_segment_slices`."""
+    `Consensus` on that grid: labels (B, size, size). The same sampling (and `precision`) as
+    `iter_segment_slices`."""
+    precision = resolve_precision(precision, images.device)
     if generator is None:
         generator = torch.Generator().manual_seed(settings.seed)
     steps = _sample_steps(
@@ -383,7 +417,7 @@ def segment_slices(
     generator: torch.Generator | None = None,
     keep_trajectory: bool = False,
     channels_last: bool | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> list[Result]:
     """`iter_segment_slices` run to the end: raw slices [(C, H, W), ...] -> one `Result` each."""
     results = None
@@ -413,7 +447,7 @@ def segment_image(
     spacing: float | None = None,
     keep_trajectory: bool = True,
     channels_last: bool | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> Result:
     """One raw (C, H, W) slice -> `Result` (keeps the trajectory unless told otherwise)."""
     return segment_slices(
@@ -434,6 +468,9 @@ class VolumeResult:
     labels: np.ndarray  # (X, Y, Z) int64
     agreement: np.ndarray  # (X, Y, Z) float32
     entropy: np.ndarray  # (X, Y, Z) float32
+    skipped: int = 0  # slices that held only background: given background without sampling
+    precision: str = "fp32"  # what the network ran in ("auto" resolved)
+    prepared: list[Prepared] | None = field(default=None, repr=False)  # each slice as sampled, for `check_input`
 
 
 def segment_volume(
@@ -447,16 +484,25 @@ def segment_volume(
     batch_size: int = 8,
     progress: bool | Callable[[int, int], None] = False,
     channels_last: bool | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> VolumeResult:
     """Raw (C, X, Y, Z) volume -> labels on the same grid, slice by slice along Z, batched.
 
-    One generator runs across all batches, so a seed reproduces the whole volume. `spacing`: the
-    in-plane mm per voxel (`Scan.slice_spacing`), for models with a `pixel_spacing`. `progress` True
-    shows a tqdm bar; a callable gets (slices done, total).
+    Every slice is prepared first (`prepare_slice`); the ones that hold only background after
+    normalisation (above and below the head or body: nothing differs from empty space) get
+    background without sampling, and `VolumeResult.skipped` counts them. The others are sampled
+    `batch_size` at a time, in order, with one generator across all batches, so a seed reproduces
+    the whole volume. `spacing`: the in-plane mm per voxel (`Scan.slice_spacing`), for models with a
+    `pixel_spacing`. `precision` as for `iter_segment_slices`. `progress` True shows a tqdm bar; a
+    callable gets (slices done, total).
     """
     _, x, y, z = volume.shape
-    labels = np.zeros((x, y, z), np.int64)
+    used = resolve_precision(precision, model_device(model))
+    prepared = [
+        prepare_slice(volume[..., k], model.config, kind=kind, ct_window=ct_window, spacing=spacing) for k in range(z)
+    ]
+    active = [k for k, p in enumerate(prepared) if p.image is not None]
+    labels = np.zeros((x, y, z), np.int64)  # the skipped slices' background: class 0, full agreement, no entropy
     agreement = np.ones((x, y, z), np.float32)
     entropy = np.zeros((x, y, z), np.float32)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -464,29 +510,31 @@ def segment_volume(
     if progress is True:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=z, unit="slice", desc="segmenting")
-    for start in range(0, z, batch_size):
-        idx = list(range(start, min(z, start + batch_size)))
-        results = segment_slices(
+        bar = tqdm(total=z, initial=z - len(active), unit="slice", desc="segmenting")
+    done = z - len(active)
+    for start in range(0, len(active), batch_size):
+        idx = active[start : start + batch_size]
+        *_, results = _iter_prepared(
             model,
-            [volume[..., k] for k in idx],
+            [prepared[k] for k in idx],
             settings,
-            kind=kind,
-            ct_window=ct_window,
-            spacing=spacing,
             generator=generator,
+            keep_trajectory=False,
             channels_last=channels_last,
-            precision=precision,
+            precision=used,
         )
         for k, r in zip(idx, results, strict=True):
             labels[..., k], agreement[..., k], entropy[..., k] = r.labels, r.agreement, r.entropy
+        done += len(idx)
         if bar is not None:
             bar.update(len(idx))
         elif callable(progress):
-            progress(idx[-1] + 1, z)
+            progress(done, z)
     if bar is not None:
         bar.close()
-    return VolumeResult(labels=labels, agreement=agreement, entropy=entropy)
+    return VolumeResult(
+        labels=labels, agreement=agreement, entropy=entropy, skipped=z - len(active), precision=used, prepared=prepared
+    )
 
 
 # a 2D picture is reduced at read time to at most this many times the model's image size: the crop
@@ -496,25 +544,28 @@ READ_SIDE_FACTOR = 4
 
 def check_input(
     config: MedCondDiffConfig,
-    slices: Iterable[np.ndarray],
+    slices: Iterable[np.ndarray] | None,
     entropy_maps: Iterable[np.ndarray],
     *,
     kind: str,
     ct_window: str | None = None,
     spacing: float | None = None,
+    prepared: list[Prepared] | None = None,
 ) -> ood.Assessment | None:
     """Raw slices [(C, H, W), ...] and the entropy maps [(H, W), ...] of their results -> the input
     check (`ood.assess`): a plain warning when they do not look like the model's training inputs.
 
-    Each slice is prepared exactly as it was for sampling (`prepare_slice`); empty slices are
-    skipped. None when the model's config.json stores no `input_stats`.
+    Each slice is prepared exactly as it was for sampling (`prepare_slice`), or taken from
+    `prepared` when the caller has it (`VolumeResult.prepared`; `slices` may then be None); empty
+    slices are skipped. None when the model's config.json stores no `input_stats`.
     """
     if not config.input_stats:
         return None
     bg = io.background_value(config)
     feats, ents = [], []
-    for raw, entropy in zip(slices, entropy_maps, strict=True):
-        p = prepare_slice(raw, config, kind=kind, ct_window=ct_window, spacing=spacing)
+    if prepared is None:
+        prepared = [prepare_slice(raw, config, kind=kind, ct_window=ct_window, spacing=spacing) for raw in slices]
+    for p, entropy in zip(prepared, entropy_maps, strict=True):
         f = None if p.image is None else ood.slice_features(p.image.numpy(), bg)
         if f is not None:
             feats.append(f)
