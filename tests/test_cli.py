@@ -194,3 +194,19 @@ def test_bf16_forced_without_native_support_runs_with_one_warning(run_cli, case,
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("warning: precision bf16 on a CPU without native")
     assert "slower" in r.stderr and r.stdout.rstrip().endswith("; precision bf16") and out.is_file()
+
+
+def test_a_nifti_segment_imports_neither_gradio_matplotlib_nor_pydicom(case, tiny_weights, tmp_path):
+    """Start-up is most of a small volume's time: the command imports what it uses (check with `python -X
+    importtime -m medconddiff segment ...`). pydicom stays importable for DICOM input afterwards."""
+    code = (
+        "import sys; from medconddiff.__main__ import main; "
+        f"code = main(['segment', '{case}/flair.nii.gz', '{case}/t1c.nii.gz', '-o', '{tmp_path}/m.nii.gz', "
+        f"'--weights', '{tiny_weights}', '--steps', '1', '--quiet']); "
+        "loaded = sorted(m for m in ('gradio', 'matplotlib', 'pydicom', 'nibabel') if m in sys.modules); "
+        "import pydicom; print(code, loaded)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "0 ['nibabel']"
