@@ -393,5 +393,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def command() -> None:
+    """`medconddiff ...` and `python -m medconddiff ...`: `main`, then exit with its code.
+
+    Before exiting, every object left is frozen (`gc.freeze`): the interpreter's last garbage
+    collections then skip the large object graphs torch and timm import, which took 0.5-1.3 s of
+    each command's exit here. Nothing else changes: open files are flushed and closed as usual.
+    Tests and benchmarks call `main` itself, which leaves the collector alone.
+    """
+    import gc
+
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()
