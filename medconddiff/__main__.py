@@ -125,6 +125,23 @@ def _precision_note(asked: str, used: str, device) -> str:
     return f"auto on {device.type}: {has}"
 
 
+def _read_while_loading(read, folder: Path, device):
+    """`read()` (the scan) on this thread while the network is built and its weights loaded on another: importing
+    timm and loading take about as long as reading and checking a volume, and the two mostly wait on different
+    things (the import on Python, the read on zlib and numpy, which let other threads run). A problem with the
+    input is raised first, as when the scan was read before the weights: the load is waited for, not reported.
+    Returns (scan, model).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .hub import load_folder
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medconddiff-load") as pool:
+        loading = pool.submit(load_folder, folder, device=device)
+        scan = read()  # on an error, leaving the pool waits for the load (no thread outlives the command)
+        return scan, loading.result()
+
+
 def _settings(args, config):
     from .pipeline import SamplingSettings
 
@@ -212,7 +229,7 @@ def cmd_segment(args) -> int:
 
     from . import io
     from .config import MedCondDiffConfig
-    from .hub import CONFIG_NAME, load_folder, resolve
+    from .hub import CONFIG_NAME, resolve
     from .pipeline import load_case, resolve_device
 
     if args.input_dir is not None:
@@ -233,8 +250,7 @@ def cmd_segment(args) -> int:
     folder = resolve(args.weights)
     config = MedCondDiffConfig.from_json(folder / CONFIG_NAME)
     settings = _settings(args, config)
-    scan = load_case(args.inputs, config, series=args.series)  # bad input fails fast, before the network is built
-    model = load_folder(folder, device=device)
+    scan, model = _read_while_loading(lambda: load_case(args.inputs, config, series=args.series), folder, device)
     uncertainty = Path(args.uncertainty) if args.uncertainty else None
     done = _segment_scan(
         model, scan, settings, args, out=out, uncertainty=uncertainty, progress=not args.quiet, precision=precision
