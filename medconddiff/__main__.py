@@ -126,11 +126,11 @@ def _precision_note(asked: str, used: str, device) -> str:
 
 
 def _read_while_loading(read, folder: Path, device):
-    """`read()` (the scan) on this thread while the network is built and its weights loaded on another: importing
-    timm and loading take about as long as reading and checking a volume, and the two mostly wait on different
+    """`read()` on this thread while the network is built and its weights loaded on another: importing timm and
+    loading take longer than reading a volume and preparing its slices, and the two mostly wait on different
     things (the import on Python, the read on zlib and numpy, which let other threads run). A problem with the
     input is raised first, as when the scan was read before the weights: the load is waited for, not reported.
-    Returns (scan, model).
+    Returns (what `read` returned, model).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -138,8 +138,8 @@ def _read_while_loading(read, folder: Path, device):
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medconddiff-load") as pool:
         loading = pool.submit(load_folder, folder, device=device)
-        scan = read()  # on an error, leaving the pool waits for the load (no thread outlives the command)
-        return scan, loading.result()
+        done = read()  # on an error, leaving the pool waits for the load (no thread outlives the command)
+        return done, loading.result()
 
 
 def _settings(args, config):
@@ -167,9 +167,21 @@ class Segmented:
         return f"; {empty}precision {self.precision}"
 
 
-def _segment_scan(model, scan, settings, args, *, out: Path, uncertainty: Path | None, progress: bool, precision: str):
+def _segment_scan(
+    model,
+    scan,
+    settings,
+    args,
+    *,
+    out: Path,
+    uncertainty: Path | None,
+    progress: bool,
+    precision: str,
+    prepared: list | None = None,
+):
     """One case read by `load_case` -> its label map written to `out` (+ the agreement map) on the input's own
-    grid, and a warning on stderr when the input does not look like the model's training data."""
+    grid, and a warning on stderr when the input does not look like the model's training data. `prepared`: a
+    volume's slices from `prepare_volume` (else prepared here)."""
     import numpy as np
 
     from . import io
@@ -186,6 +198,7 @@ def _segment_scan(model, scan, settings, args, *, out: Path, uncertainty: Path |
             batch_size=args.batch_size,
             progress=progress,
             precision=precision,
+            prepared=prepared,
         )
         _write(out, lambda p: io.write_scan_labels(res.labels, p, scan=scan))  # the input's grid and affine
         if uncertainty:
@@ -230,7 +243,7 @@ def cmd_segment(args) -> int:
     from . import io
     from .config import MedCondDiffConfig
     from .hub import CONFIG_NAME, resolve
-    from .pipeline import load_case, resolve_device
+    from .pipeline import load_case, prepare_volume, resolve_device
 
     if args.input_dir is not None:
         if args.inputs:
@@ -250,10 +263,24 @@ def cmd_segment(args) -> int:
     folder = resolve(args.weights)
     config = MedCondDiffConfig.from_json(folder / CONFIG_NAME)
     settings = _settings(args, config)
-    scan, model = _read_while_loading(lambda: load_case(args.inputs, config, series=args.series), folder, device)
+
+    def read():  # the scan, and a volume's slices prepared for the model, while the weights load
+        scan = load_case(args.inputs, config, series=args.series)
+        reading = {"kind": scan.kind, "ct_window": args.ct_window, "spacing": scan.slice_spacing}
+        return scan, prepare_volume(scan.data, config, **reading) if scan.is_volume else None
+
+    (scan, prepared), model = _read_while_loading(read, folder, device)
     uncertainty = Path(args.uncertainty) if args.uncertainty else None
     done = _segment_scan(
-        model, scan, settings, args, out=out, uncertainty=uncertainty, progress=not args.quiet, precision=precision
+        model,
+        scan,
+        settings,
+        args,
+        out=out,
+        uncertainty=uncertainty,
+        progress=not args.quiet,
+        precision=precision,
+        prepared=prepared,
     )
     counts = np.bincount(done.labels.ravel(), minlength=model.config.num_classes)
     found = ", ".join(

@@ -475,6 +475,23 @@ class VolumeResult:
     prepared: list[Prepared] | None = field(default=None, repr=False)  # each slice as sampled, for `check_input`
 
 
+def prepare_volume(
+    volume: np.ndarray,
+    config: MedCondDiffConfig,
+    *,
+    kind: str = "nifti",
+    ct_window: str | None = None,
+    spacing: float | None = None,
+) -> list[Prepared]:
+    """Raw (C, X, Y, Z) volume -> each slice along Z made ready for the model (`prepare_slice`), in order;
+    `segment_volume` samples those with content. It needs only the config, so a caller may prepare the
+    slices while the weights still load (the command line does)."""
+    return [
+        prepare_slice(volume[..., k], config, kind=kind, ct_window=ct_window, spacing=spacing)
+        for k in range(volume.shape[-1])
+    ]
+
+
 def volume_workers(device: torch.device, batches: int) -> int:
     """How many batches of a volume `segment_volume` samples side by side: 2 on a CPU where torch has two
     or more intra-op threads (each batch then runs on its share of them), else 1.
@@ -509,10 +526,12 @@ def segment_volume(
     channels_last: bool | None = None,
     precision: str = "auto",
     workers: int | None = None,
+    prepared: list[Prepared] | None = None,
 ) -> VolumeResult:
     """Raw (C, X, Y, Z) volume -> labels on the same grid, slice by slice along Z, batched.
 
-    Every slice is prepared first (`prepare_slice`); the ones that hold only background after
+    Every slice is prepared first (`prepare_volume`, or `prepared` when the caller has done it with the
+    same reading arguments); the ones that hold only background after
     normalisation (above and below the head or body: nothing differs from empty space) get
     background without sampling, and `VolumeResult.skipped` counts them. The others are sampled
     `batch_size` at a time; each batch has its own generator (`batch_generator`), so a seed
@@ -525,9 +544,10 @@ def segment_volume(
     _, x, y, z = volume.shape
     device = model_device(model)
     used = resolve_precision(precision, device)
-    prepared = [
-        prepare_slice(volume[..., k], model.config, kind=kind, ct_window=ct_window, spacing=spacing) for k in range(z)
-    ]
+    if prepared is None:
+        prepared = prepare_volume(volume, model.config, kind=kind, ct_window=ct_window, spacing=spacing)
+    elif len(prepared) != z:
+        raise SettingsError(f"prepared holds {len(prepared)} slices for a volume of {z}; give one per slice")
     active = [k for k, p in enumerate(prepared) if p.image is not None]
     batches = [active[i : i + batch_size] for i in range(0, len(active), batch_size)]
     labels = np.zeros((x, y, z), np.int64)  # the skipped slices' background: class 0, full agreement, no entropy
