@@ -683,9 +683,15 @@ def ood_note(message: str) -> str:
 def volume_message(config: MedCondDiffConfig, scan: io.Scan, res, ct_window: str | None) -> str:
     """What the whole-volume run says when done: the mask's grid, and the input check's warning if any."""
     z = scan.data.shape[-1]
-    slices, entropy = [scan.data[..., k] for k in range(z)], [res.entropy[..., k] for k in range(z)]
-    check = check_input(config, slices, entropy, kind=scan.kind, ct_window=ct_window, spacing=scan.slice_spacing)
-    done = f"Segmented all {z} slices: the mask has the upload's shape, orientation and affine."
+    entropy = [res.entropy[..., k] for k in range(z)]
+    slices = None if res.prepared is not None else [scan.data[..., k] for k in range(z)]  # else prepared again
+    check = check_input(
+        config, slices, entropy, kind=scan.kind, ct_window=ct_window, spacing=scan.slice_spacing, prepared=res.prepared
+    )
+    empty = f" ({res.skipped} held only background and were not sampled)" if res.skipped else ""
+    done = (
+        f"Segmented all {z} slices{empty}, in {res.precision}: the mask has the upload's shape, orientation and affine."
+    )
     return done + (f" **Warning: {check.message}.**" if check is not None and check.message else "")
 
 

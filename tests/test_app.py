@@ -184,7 +184,7 @@ def test_sampling_streams_every_step_then_fills_both_views(app, brats):
         assert _png(final[key]).ndim == 3
     assert _png(final[app.consensus_image]).shape[:2] == (240, 240)  # at the image's resolution
     assert "necrosis" in final[app.legend] and "| oedema |" in final[app.dice_table]
-    assert "Done:" in final[app.status]
+    assert "Done:" in final[app.status] and f"on CPU ({run.result.precision})." in final[app.status]
     mask_png, gif = final[app.exports]
     np.testing.assert_array_equal(_png(mask_png), run.result.labels)
     with Image.open(gif) as g:
@@ -241,6 +241,9 @@ def test_nifti_exports_keep_the_upload_affine(app, brats):
     )
     vol = nib.load(path)
     assert vol.shape == src.shape and "6 slices" in note
+    from medconddiff.precision import resolve
+
+    assert f"in {resolve('auto', 'cpu')}:" in note  # the precision "auto" chose on this machine
     np.testing.assert_allclose(vol.affine, src.affine)
 
 
@@ -494,6 +497,7 @@ def test_api_segment_with_gradio_client(app_server, tmp_path):
     assert labels.max() < len(summary["classes"]) and summary["classes"][0] == "background"
     assert sum(summary["areas"]) == 240 * 240
     assert summary["areas"] == np.bincount(labels.ravel(), minlength=len(summary["classes"])).tolist()
+    assert summary["precision"] in ("fp32", "bf16", "fp16")  # "auto", resolved on the server's device
     assert time.perf_counter() - started < 60
 
     _, vol = client.predict([handle_file(str(p)) for p in SLAB], "", STEPS, 1, "", 0, api_name="/segment")
