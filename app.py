@@ -30,7 +30,7 @@ from medconddiff.pipeline import iter_segment_slices, segment_slices, segment_vo
 PAPER_URL = modelcard.PAPER_URL
 SAMPLERS = {"DDIM (deterministic)": "ddim", "DDPM (ancestral)": "ddpm"}
 UNCERTAINTY = {"disagreement (1 - agreement of steps and members)": "agreement", "entropy": "entropy"}
-EXAMPLES = examples.load_examples()
+EXAMPLES = server.gallery_examples(examples.load_examples())  # in the order of the models catalogue
 CONCURRENCY = server.CONCURRENCY  # sampling runs at once, all users together (MEDCONDDIFF_CONCURRENCY)
 
 
@@ -150,7 +150,8 @@ def run_segment(
         exports: run.exports(),
         consensus2: s.consensus,
         status: f"Done: {s.steps} step(s) x {s.ensemble} member(s), {s.sampler.upper()}, consensus {s.consensus}, "
-        f"seed {s.seed}, in {time.perf_counter() - started:.1f} s on {server.device().type.upper()}.",
+        f"seed {s.seed}, in {time.perf_counter() - started:.1f} s on {server.device().type.upper()} "
+        f"({run.result.precision}).",
     }
 
 
@@ -250,6 +251,7 @@ def segment_api(files, model: str, steps: int, ensemble: int, consensus: str, se
         "slice": case.z,
         "model": loaded.name,
         **{k: getattr(settings, k) for k in ("steps", "ensemble", "sampler", "consensus", "seed")},
+        "precision": result.precision,
         "mean_agreement": round(float(result.agreement.mean()), 4),
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -32,7 +32,7 @@ from gradio.data_classes import FileData, ListFiles
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from medconddiff import hub, io, modelcard, teaching, viz
+from medconddiff import catalogue, hub, io, modelcard, teaching, viz
 from medconddiff.config import MedCondDiffConfig
 from medconddiff.errors import InputError, MedCondDiffError, SettingsError, WeightsError
 from medconddiff.examples import EXAMPLES_DIR, Example, thumbnail
@@ -167,22 +167,27 @@ def default_spec() -> str:
 
 
 def model_choices() -> list[str]:
-    """The dropdown's weights: MEDCONDDIFF_WEIGHTS (if set) and the bundled models."""
+    """The dropdown's weights: MEDCONDDIFF_WEIGHTS (if set) and the catalogued models (assets/models.toml)."""
     env = os.environ.get("MEDCONDDIFF_WEIGHTS", "").strip()
-    bundled = hub.bundled_models()
-    return ([env] if env and env not in bundled else []) + bundled
+    offered = catalogue.names()
+    return ([env] if env and env not in offered else []) + offered
 
 
 def model_labels() -> list[tuple[str, str]]:
-    """(label, value) of each offered model: what it is for, read from its config.json and model card."""
-    out = []
-    for name in model_choices():
-        try:
-            folder = hub.resolve(name)
-            out.append((modelcard.purpose(name, folder, MedCondDiffConfig.from_json(folder / hub.CONFIG_NAME)), name))
-        except MedCondDiffError:  # unreadable: still offered by name; loading it says what is wrong
-            out.append((name, name))
-    return out
+    """(label, value) of each offered model: its name and the catalogue's line of purpose.
+
+    Read from the catalogue alone, so the page is built without loading (or downloading) any weights;
+    a model that cannot load says why when it is picked.
+    """
+    purposes = {m.name: m.purpose for m in catalogue.load()}
+    return [(f"{name} — {purposes[name]}" if name in purposes else name, name) for name in model_choices()]
+
+
+def gallery_examples(found: list[Example]) -> list[Example]:
+    """The examples in the catalogue's order of their models, each model's own `example` first; others last."""
+    order = {m.name: i for i, m in enumerate(catalogue.load())}
+    featured = {m.example for m in catalogue.load() if m.example}
+    return sorted(found, key=lambda ex: (order.get(ex.model, len(order)), ex.caption not in featured))
 
 
 def default_choice() -> str | None:
@@ -678,9 +683,15 @@ def ood_note(message: str) -> str:
 def volume_message(config: MedCondDiffConfig, scan: io.Scan, res, ct_window: str | None) -> str:
     """What the whole-volume run says when done: the mask's grid, and the input check's warning if any."""
     z = scan.data.shape[-1]
-    slices, entropy = [scan.data[..., k] for k in range(z)], [res.entropy[..., k] for k in range(z)]
-    check = check_input(config, slices, entropy, kind=scan.kind, ct_window=ct_window, spacing=scan.slice_spacing)
-    done = f"Segmented all {z} slices: the mask has the upload's shape, orientation and affine."
+    entropy = [res.entropy[..., k] for k in range(z)]
+    slices = None if res.prepared is not None else [scan.data[..., k] for k in range(z)]  # else prepared again
+    check = check_input(
+        config, slices, entropy, kind=scan.kind, ct_window=ct_window, spacing=scan.slice_spacing, prepared=res.prepared
+    )
+    empty = f" ({res.skipped} held only background and were not sampled)" if res.skipped else ""
+    done = (
+        f"Segmented all {z} slices{empty}, in {res.precision}: the mask has the upload's shape, orientation and affine."
+    )
     return done + (f" **Warning: {check.message}.**" if check is not None and check.message else "")
 
 
@@ -715,6 +726,14 @@ def serve(demo: gr.Blocks, argv: list[str] | None = None, *, css: str = "", init
     mode = custom_weights_mode()
     if mode not in CUSTOM_WEIGHTS_MODES:
         ap.error(f"MEDCONDDIFF_CUSTOM_WEIGHTS={mode!r} is not a mode; accepted: {', '.join(CUSTOM_WEIGHTS_MODES)}")
+    try:  # a malformed catalogue or weights source stops the server here, not at the first request
+        catalogue.weights_source()
+        offered = catalogue.load()
+    except MedCondDiffError as err:
+        ap.error(str(err))
+    print(
+        f"offered models: {', '.join(m.name for m in offered) or 'none'} (weights source: {catalogue.weights_source()})"
+    )
     kwargs = launch_kwargs(css=css, host=args.host, port=args.port)
     allowed = custom_weights_allowed(kwargs["server_name"])
     print(f"custom weights (Hub repo ids, local folders): {'allowed' if allowed else 'disabled'} ({mode})")

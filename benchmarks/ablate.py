@@ -40,7 +40,7 @@ def sampling(model, image: torch.Tensor, steps: int, **kw) -> Callable[[], None]
     """The backbone once, then the sampling loop run to the end (no consensus): for options that live there."""
 
     def go() -> None:
-        for _ in sample_loop(model, encode(model, image), steps=steps, keep_x_t=False, **kw):
+        for _ in sample_loop(model, encode(model, image, precision="fp32"), steps=steps, keep_x_t=False, **kw):
             pass
 
     return go
@@ -102,7 +102,10 @@ def denoiser_architectures(size: int, raw, kind: str, ensemble: int, rounds: int
         torch.manual_seed(0)
         arms[name] = MedCondDiff(cfg).to(device).eval()
     settings = replace(SamplingSettings.defaults_for(config), ensemble=ensemble)
-    seg = {n: (lambda m=m: segment_image(m, raw, settings, kind=kind, keep_trajectory=False)) for n, m in arms.items()}
+    seg = {
+        n: (lambda m=m: segment_image(m, raw, settings, kind=kind, keep_trajectory=False, precision="fp32"))
+        for n, m in arms.items()
+    }
     res = compare(interleaved(seg, rounds=rounds, device=device), "width256_full_res_head", "width96_stride2_head")
     res["ensemble"] = ensemble
     res["denoiser_parameters"] = {
@@ -132,14 +135,15 @@ def thread_counts(seg, rounds: int, device) -> dict:
 
 
 def volume_batches(slices: int, rounds: int, device) -> dict:
-    """Slices per second through `segment_volume` (the command line's path) at 128 px, 1 to 16 slices per batch."""
+    """Slices per second through `segment_volume` (the command line's path, in fp32) at 128 px, 1 to 16 slices per
+    batch."""
     model, _ = build_model(128, None, device)
     settings = SamplingSettings.defaults_for(model.config)
     with tempfile.TemporaryDirectory() as tmp:
         files, source = volume_files(model.config, slices, Path(tmp))
         scan = load_case(files, model.config)
     arms = {
-        str(b): (lambda b=b: segment_volume(model, scan.data, settings, kind=scan.kind, batch_size=b))
+        str(b): (lambda b=b: segment_volume(model, scan.data, settings, kind=scan.kind, batch_size=b, precision="fp32"))
         for b in (1, 4, 8, 16)
     }
     res = compare(interleaved(arms, rounds=rounds, device=device), "1", "8")
@@ -155,7 +159,8 @@ def experiments_at(size: int, raw, kind: str, todo: set[str], rounds: int, devic
     image = torch.randn(1, model.config.image_channels, size, size, device=device)
     row: dict = {}
 
-    def seg(net=model, **kw) -> Callable[[], None]:
+    def seg(net=model, **kw) -> Callable[[], None]:  # fp32 unless an arm asks otherwise: each option against fp32
+        kw = {"precision": "fp32"} | kw
         return lambda: segment_image(net, raw, settings, kind=kind, keep_trajectory=False, **kw)
 
     if "autograd" in todo:

@@ -39,7 +39,6 @@ from medconddiff.config import MedCondDiffConfig
 from medconddiff.model import MedCondDiff
 from medconddiff.pipeline import (
     SamplingSettings,
-    autocast_dtype,
     encode,
     iter_segment_slices,
     load_case,
@@ -48,6 +47,7 @@ from medconddiff.pipeline import (
     segment_volume,
     use_channels_last,
 )
+from medconddiff.precision import autocast_dtype
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets/examples"
@@ -216,7 +216,7 @@ def volume_files(config: MedCondDiffConfig, slices: int, folder: Path) -> tuple[
     return out, source + f" (the middle {slices} slices, tiled along z when thinner)"
 
 
-def bench_volume(model, spec: str | None, plan: dict, device: torch.device) -> dict:
+def bench_volume(model, spec: str | None, plan: dict, device: torch.device, precision: str) -> dict:
     """`python -m medconddiff segment VOLUME -o OUT` in-process, timed whole (read, load, segment, write),
     then `segment_volume` alone on the same volume; one batch of `segment_volume` warms up first."""
     config, batch = model.config, plan["volume_batch"]
@@ -225,16 +225,19 @@ def bench_volume(model, spec: str | None, plan: dict, device: torch.device) -> d
         files, source = volume_files(config, plan["volume_slices"], Path(tmp) / "input")
         weights = spec if spec is not None else str(hub.save_model(model, Path(tmp) / "weights"))
         scan = load_case(files, config)
-        segment_volume(model, scan.data[..., :batch], settings, kind=scan.kind, batch_size=batch)
+        segment_volume(model, scan.data[..., :batch], settings, kind=scan.kind, batch_size=batch, precision=precision)
         argv = ["segment", *map(str, files), "-o", f"{tmp}/mask.nii.gz", "--weights", weights]
-        argv += ["--device", device.type, "--batch-size", str(batch), "--quiet"]
+        argv += ["--device", device.type, "--batch-size", str(batch), "--precision", precision, "--quiet"]
         with PeakMemory(device) as mem, open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
             start = time.perf_counter()
             code = cli.main(argv)
             seconds = time.perf_counter() - start
         if code != 0 or not Path(f"{tmp}/mask.nii.gz").is_file():
             raise RuntimeError(f"the command line failed on the volume (exit {code}): {argv}")
-        inner = timed(lambda: segment_volume(model, scan.data, settings, kind=scan.kind, batch_size=batch), device)
+        inner = timed(
+            lambda: segment_volume(model, scan.data, settings, kind=scan.kind, batch_size=batch, precision=precision),
+            device,
+        )
         command = "python -m medconddiff " + shlex.join(argv).replace(tmp, "TMP")
     z = scan.data.shape[-1]
     return {
@@ -379,7 +382,7 @@ def run(args: argparse.Namespace) -> dict:
         model, origin = build_model(small, weights, device)
         log(f"volume through the command line at {small} px ({origin} weights) ...")
         spec = args.weights if origin == "shipped" else None
-        result["volume"] = bench_volume(model, spec, plan, device) | {"weights": origin}
+        result["volume"] = bench_volume(model, spec, plan, device, perf["precision"]) | {"weights": origin}
     amp = None if args.amp == "none" or (args.amp == "auto" and args.quick) else args.amp
     if amp == "auto":
         amp = "fp16" if device.type == "cuda" else "bf16" if result["machine"]["cpu_bf16"] else None

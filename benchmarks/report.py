@@ -3,8 +3,8 @@
     python benchmarks/report.py --update benchmarks/RESULTS.md benchmarks/results/*.json
     python benchmarks/report.py benchmarks/results/bench.json      # the sections, to stdout
 
-Reads what `bench.py`, `ablate.py`, `load.py` and `big_images.py` write with --json (any subset, each file recognised
-by its keys) and renders tables only; every number comes from the JSON. The prose (what each arm
+Reads what `bench.py`, `ablate.py`, `load.py`, `big_images.py`, `train_speed.py` and `volume_cli.py` write with
+--json (any subset, each file recognised by its keys) and renders tables only; every number comes from the JSON. The prose (what each arm
 means, which options the library keeps and why) is written in RESULTS.md itself, around
 `<!-- begin NAME -->` ... `<!-- end NAME -->` markers; `--update` replaces what lies between them.
 """
@@ -30,14 +30,14 @@ def load_inputs(paths: list[Path]) -> dict[str, dict]:
             if "users" in data and "checks" in data
             else "ablate"
             if "sizes" in data and "repeats" in data
-            else "big_images"
-            if data.get("kind") == "big_images"
-            else "train_speed"
-            if data.get("kind") == "train_speed"
+            else data.get("kind")
+            if data.get("kind") in ("big_images", "train_speed", "volume_cli")
             else None
         )
         if kind is None:
-            raise SystemExit(f"{path}: not a bench.py, ablate.py, load.py, big_images.py or train_speed.py JSON")
+            raise SystemExit(
+                f"{path}: not a bench.py, ablate.py, load.py, big_images.py, train_speed.py or volume_cli.py JSON"
+            )
         if kind in out:
             raise SystemExit(f"{path}: a second {kind} JSON")
         out[kind] = data
@@ -263,6 +263,34 @@ def train_speed_section(ts: dict) -> list[str]:
     return out + ["", *[f"> {n}." for n in ts.get("notes", [])]]
 
 
+def volume_cli_section(run: dict) -> list[str]:
+    """A whole volume through the command line: a baseline commit against this checkout, paired in one run."""
+    seg, base, cur = run["segment"], run["baseline"]["commit"], run["current"]["commit"] or "this checkout"
+    head = ["", "whole command s (median)", "min s", "peak RSS"] + ["start-up s (`info`)"] * ("startup" in run)
+    rows = []
+    for name, label in (("baseline", f"{base} (baseline)"), ("current", f"{cur}")):
+        row = [label, _s(seg[name]["median"]), _s(seg[name]["min"]), f"{seg[name]['peak_rss_mb']:.0f} MB"]
+        rows.append(row + ([_s(run["startup"][name]["median"])] if "startup" in run else []))
+    ratio = [f"x{run['speedup']:.2f}", "", ""] + ([f"x{run['startup_speedup']:.2f}"] if "startup" in run else [])
+    rows.append(["speed-up (median of per-round ratios)", *ratio])
+    a, m = run["authors"], run["masks"]
+    out = [
+        f"`{run['command']}`: `{run['segment_command']}` on {run['input']} ({'x'.join(map(str, run['shape']))}, "
+        f"{run['weights']}), {run['rounds']} interleaved round(s) after {run['warmup_runs']} warm-up run(s) of each.",
+        "",
+        *table(head, rows),
+        "",
+        f"This checkout ran in {run['current_precision']} and skipped {run['skipped_slices']} empty slice(s); its mask "
+        f"against the baseline's (fp32): foreground Dice {m['dice_foreground']:.4f}, voxels equal {m['voxels_equal']:.4f}. "
+        f"At equal steps ({a['steps']}, {a['slices']} slice(s) in one batch at {a['size']} px, {a['precision']}), the "
+        f"authors' structure (the backbone at every step) took {_s(a['every_step']['median'])} s against "
+        f"{_s(a['default']['median'])} s: **x{a['ratio_vs_backbone_every_step']:.2f}** (same masks: {a['same_labels']}).",
+    ]
+    if run["quick"]:
+        out = ["> A --quick smoke run (the bundled slab, one round): not the measurement.", "", *out]
+    return out + ["", *[f"> {n}." for n in run.get("notes", [])]]
+
+
 def sections(runs: dict[str, dict]) -> dict[str, list[str]]:
     out = {"machine": machine_section(runs)} if runs else {}
     bench = runs.get("bench")
@@ -277,6 +305,8 @@ def sections(runs: dict[str, dict]) -> dict[str, list[str]]:
         out["big_images"] = big_images_section(runs["big_images"])
     if "train_speed" in runs:
         out["train_speed"] = train_speed_section(runs["train_speed"])
+    if "volume_cli" in runs:
+        out["volume_cli"] = volume_cli_section(runs["volume_cli"])
     return out
 
 
@@ -292,7 +322,12 @@ def update(text: str, new: dict[str, list[str]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("json", nargs="+", type=Path, help="bench.py / ablate.py / load.py JSON files")
+    ap.add_argument(
+        "json",
+        nargs="+",
+        type=Path,
+        help="JSON from bench.py, ablate.py, load.py, big_images.py, train_speed.py or volume_cli.py",
+    )
     ap.add_argument("--update", type=Path, default=None, help="rewrite the generated sections of this Markdown file")
     args = ap.parse_args(argv)
     new = sections(load_inputs(args.json))

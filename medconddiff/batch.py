@@ -130,7 +130,8 @@ class Summary:
     class_names: list[str]
     rows: list[dict] = field(default_factory=list)
 
-    FIRST = ("case", "status", "inputs", "output", "shape", "spacing_mm", "read_s", "segment_s", "total_s")
+    FIRST = ("case", "status", "inputs", "output", "shape", "spacing_mm", "precision", "slices", "skipped_slices")
+    FIRST += ("read_s", "segment_s", "total_s")
 
     def add(self, **row) -> None:
         self.rows.append(row)

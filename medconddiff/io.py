@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import math
 import re
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,25 @@ MAX_VOLUME_VOXELS = 1024 * 1024 * 1024 // 4  # 1 GiB of float32 for everything i
 MIN_SIDE = 8  # smaller images carry nothing the model can segment
 MAX_SIDE = 4096  # the maps are resized back onto a square of the longer side: bound its memory
 MAX_SPACING_MM = 100.0
+
+
+def _nibabel():
+    """The nibabel package, imported the first time without its optional pydicom support.
+
+    nibabel imports pydicom, when installed, to parse DICOM extensions of NIfTI headers: a fifth of a
+    second of start-up that reading and writing voxels never uses. Such extensions are then kept as
+    the raw bytes they are (and written back unchanged); `medconddiff.dicom` imports pydicom itself
+    when DICOM input is read. Once nibabel is loaded (by this or by anyone else) it is returned as is.
+    """
+    if "nibabel" not in sys.modules and "pydicom" not in sys.modules:
+        sys.modules["pydicom"] = None  # `import pydicom` raises ImportError while nibabel loads
+        try:
+            import nibabel
+        finally:
+            del sys.modules["pydicom"]
+    import nibabel
+
+    return nibabel
 
 
 def kind_of(path: str | Path) -> str:
@@ -106,7 +126,7 @@ class Scan:
             return resize_nearest(values, tuple(self.data.shape[1:]))
         if self.source is None:
             return values
-        from nibabel.orientations import apply_orientation
+        apply_orientation = _nibabel().orientations.apply_orientation
 
         return np.ascontiguousarray(apply_orientation(values, self.source.to_canonical))
 
@@ -119,7 +139,8 @@ class Scan:
             return resize_nearest(values, self.full_size)
         if self.source is None:
             return values
-        from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
+        ornt = _nibabel().orientations
+        apply_orientation, axcodes2ornt, ornt_transform = ornt.apply_orientation, ornt.axcodes2ornt, ornt.ornt_transform
 
         back = ornt_transform(axcodes2ornt(self.axes), axcodes2ornt(self.source.axes))
         return np.ascontiguousarray(apply_orientation(values, back))
@@ -135,7 +156,7 @@ def resize_nearest(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def axis_codes(affine: np.ndarray) -> tuple[str, str, str]:
     """(4, 4) voxel -> world affine -> the closest axis codes, e.g. ("L", "P", "S") (nibabel's letters)."""
-    import nibabel as nib
+    nib = _nibabel()
 
     return tuple(nib.aff2axcodes(affine))
 
@@ -150,7 +171,9 @@ def reorient(scan: Scan, axes: str) -> Scan:
     """
     if not scan.is_volume or scan.source is not None:
         return scan
-    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+    o = _nibabel().orientations
+    apply_orientation, axcodes2ornt, inv_ornt_aff = o.apply_orientation, o.axcodes2ornt, o.inv_ornt_aff
+    io_orientation, ornt_transform = o.io_orientation, o.ornt_transform
 
     target = check_axes(axes)
     shape = tuple(int(n) for n in scan.data.shape[1:])
@@ -208,7 +231,7 @@ def _load_nifti(path: Path, what: str = "NIfTI file"):
 
     Returns the nibabel image; its data has not been read yet.
     """
-    import nibabel as nib
+    nib = _nibabel()
 
     if not path.exists():
         raise InputError(f"{path}: file not found")
@@ -237,7 +260,7 @@ def _load_nifti(path: Path, what: str = "NIfTI file"):
 
 def _read_dataobj(img, path: Path, what: str = "NIfTI file") -> np.ndarray:
     """The voxels as float32; a file shorter than its header says (or a broken gzip) is an `InputError`."""
-    import nibabel as nib
+    nib = _nibabel()
 
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf from a broken scale factor are checked later
@@ -535,7 +558,7 @@ def slice_affine(affine: np.ndarray, z: int) -> np.ndarray:
 
 def write_nifti_labels(labels: np.ndarray, path: str | Path, *, affine: np.ndarray, header=None) -> None:
     """(X, Y, Z) labels -> a uint8 NIfTI on the source grid, keeping the source affine."""
-    import nibabel as nib
+    nib = _nibabel()
 
     img = nib.Nifti1Image(labels.astype(np.uint8), affine, header=header)
     img.set_data_dtype(np.uint8)
@@ -562,7 +585,7 @@ def write_png_labels(labels: np.ndarray, path: str | Path) -> None:
 
 def write_nifti_map(values: np.ndarray, path: str | Path, *, affine: np.ndarray) -> None:
     """(X, Y, Z) float map (e.g. the agreement of steps and members, in [0, 1]) -> a float32 NIfTI with `affine`."""
-    import nibabel as nib
+    nib = _nibabel()
 
     nib.save(nib.Nifti1Image(values.astype(np.float32), affine), str(path))
 

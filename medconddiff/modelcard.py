@@ -102,25 +102,3 @@ def about_markdown(name: str, folder: str | Path, config, *, examples: str = "")
     parts = ["### What MedCondDiff is", METHOD, "### This model", describe(name, folder, config)]
     parts += ["### Not for clinical use", NOT_CLINICAL]
     return "\n\n".join(parts + (["### Example data", examples] if examples else []))
-
-
-MODALITY_WORDS = {"mri": "MRI", "ct": "CT", "natural": "photograph"}
-
-
-def front_matter(markdown: str) -> dict[str, str]:
-    """The card's YAML front matter as flat `key: value` strings ({} without one; nested values kept as text)."""
-    found = re.match(r"\A---\n(.*?)\n---\n", markdown, flags=re.S)
-    pairs = (re.match(r"^([A-Za-z_][\w-]*):\s*(.*)$", line) for line in (found.group(1).splitlines() if found else []))
-    return {m.group(1): m.group(2).strip().strip("'\"") for m in pairs if m}
-
-
-def purpose(name: str, folder: str | Path, config) -> str:
-    """One line saying what a model is for: modality, anatomy (the card's `anatomy:` when it has one), inputs, classes.
-
-    Read from config.json and the model card, so a new weights folder describes itself in the model picker.
-    """
-    anatomy = front_matter(read_card(folder).text).get("anatomy", "")
-    modality = MODALITY_WORDS.get(config.modality, config.modality)
-    what = " ".join(p for p in (anatomy, modality) if p)
-    classes = ", ".join(config.class_names[1:])
-    return f"{name} — {what} · input {', '.join(config.channel_names)} · finds {classes}"

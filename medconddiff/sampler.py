@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .consensus import CONSENSUS
+from .consensus import CONSENSUS, class_argmax
 from .diffusion import CosineLogSNR, probs_to_x0
 from .errors import SettingsError
 
@@ -248,7 +248,7 @@ def sample_loop(
                 part = model.denoise(*args)
             part = part.float()
             logits[rs] = part
-            labels[rs] = part.argmax(dim=1)
+            labels[rs] = class_argmax(part, dim=1)
             x0_hat = probs_to_x0(part.softmax(dim=1)).to(x_t.dtype)
             if x0_prev is not None:
                 x0_prev[rs] = x0_hat

@@ -790,7 +790,7 @@ KINDS: list[Kind] = [
         "weights_folder_missing",
         lambda d, w: Inputs(png_pair(d), weights=d / "no-such-weights"),
         WeightsError,
-        ["no such weights folder", "Bundled models"],
+        ["no such weights folder", "Offered models: brats-demo"],
         surfaces=LIB_CLI,
     ),
     # --- settings

@@ -184,7 +184,7 @@ def test_sampling_streams_every_step_then_fills_both_views(app, brats):
         assert _png(final[key]).ndim == 3
     assert _png(final[app.consensus_image]).shape[:2] == (240, 240)  # at the image's resolution
     assert "necrosis" in final[app.legend] and "| oedema |" in final[app.dice_table]
-    assert "Done:" in final[app.status]
+    assert "Done:" in final[app.status] and f"on CPU ({run.result.precision})." in final[app.status]
     mask_png, gif = final[app.exports]
     np.testing.assert_array_equal(_png(mask_png), run.result.labels)
     with Image.open(gif) as g:
@@ -241,6 +241,9 @@ def test_nifti_exports_keep_the_upload_affine(app, brats):
     )
     vol = nib.load(path)
     assert vol.shape == src.shape and "6 slices" in note
+    from medconddiff.precision import resolve
+
+    assert f"in {resolve('auto', 'cpu')}:" in note  # the precision "auto" chose on this machine
     np.testing.assert_allclose(vol.affine, src.affine)
 
 
@@ -354,6 +357,43 @@ def test_bad_weights_give_clear_errors(app, server, tmp_path, monkeypatch):
         app.on_model(None, "nobody/no-such-model")
 
 
+def test_the_gallery_follows_the_catalogue_each_models_example_first(app):
+    from medconddiff import catalogue
+
+    order = [m.name for m in catalogue.load()]
+    models = [ex.model for ex in app.EXAMPLES]
+    assert models == sorted(models, key=order.index), "the gallery is in the catalogue's order of models"
+    for m in catalogue.load():
+        assert next(ex for ex in app.EXAMPLES if ex.model == m.name).caption == m.example
+    assert app.EXAMPLES[0].caption == catalogue.load()[0].example and app.EXAMPLES[1].model == order[0]
+
+
+def test_a_catalogued_model_that_cannot_load_shows_an_error_box_and_the_others_still_work(
+    app, server, tmp_path, monkeypatch
+):  # fmt: skip
+    """Offline, with neither its bundled folder nor a cached copy: picking it shows the message naming its repo,
+    revision and `hf download` command; the page was built without loading it, and the other models still load."""
+    import gradio as gr
+    from huggingface_hub import constants
+
+    from medconddiff import catalogue
+
+    ghost = '[[models]]\nname = "ghost-demo"\nrepo = "lab/ghost"\nrevision = "main"\nbundled = "ghost-demo"\n'
+    models = tmp_path / "models.toml"
+    models.write_text(catalogue.CATALOGUE_FILE.read_text() + "\n" + ghost + 'purpose = "nothing here"\n')
+    monkeypatch.setenv(catalogue.CATALOGUE_ENV, str(models))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert ("ghost-demo — nothing here", "ghost-demo") in server.model_labels()  # offered, not loaded
+    with pytest.raises(gr.Error) as info:
+        app.on_model("ghost-demo", "")
+    message = str(info.value)
+    assert "ghost-demo: not bundled here" in message and "lab/ghost@main" in message
+    assert "`hf download lab/ghost --revision main --local-dir DIR`" in message
+    offered = next(name for name in server.model_choices() if name != "ghost-demo")
+    assert app.on_model(offered, "")[0].startswith(f"**{offered}**")
+
+
 def test_custom_weights_follow_the_server_setting(app, server, tiny_weights, tmp_path, monkeypatch):
     """off: only the offered models load, the error lists them; on: a local folder loads, resolved once."""
     import shutil
@@ -457,6 +497,7 @@ def test_api_segment_with_gradio_client(app_server, tmp_path):
     assert labels.max() < len(summary["classes"]) and summary["classes"][0] == "background"
     assert sum(summary["areas"]) == 240 * 240
     assert summary["areas"] == np.bincount(labels.ravel(), minlength=len(summary["classes"])).tolist()
+    assert summary["precision"] in ("fp32", "bf16", "fp16")  # "auto", resolved on the server's device
     assert time.perf_counter() - started < 60
 
     _, vol = client.predict([handle_file(str(p)) for p in SLAB], "", STEPS, 1, "", 0, api_name="/segment")

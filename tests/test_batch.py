@@ -43,7 +43,7 @@ def rows(out_dir) -> dict[str, dict]:
 def test_mixed_folder_with_bad_cases(tmp_path, tiny_weights, run):
     cases = tmp_path / "in"
     cases.mkdir()
-    vol = volume()  # (2, 48, 40, 3)
+    vol = np.concatenate([np.zeros((2, 48, 40, 2), np.float32), volume()], axis=-1)  # 2 empty slices, then 3 of brain
     for i in range(2):
         save_nifti(cases / f"brain1_{i:04d}.nii.gz", vol[i], affine=AFFINE)
     flair, t1c = png_pair(tmp_path)
@@ -59,6 +59,7 @@ def test_mixed_folder_with_bad_cases(tmp_path, tiny_weights, run):
 
     assert code == 0, stderr
     assert "segmented 2 of 4 case(s)" in stdout and "(2 failed)" in stdout
+    assert "2 slice(s) held only background (not sampled)" in stdout
     table = rows(out)
     assert list(table) == ["brain1", "brain3", "brain4", "slice2"]
     assert {k: r["status"] for k, r in table.items()} == {
@@ -72,7 +73,14 @@ def test_mixed_folder_with_bad_cases(tmp_path, tiny_weights, run):
     assert stderr.count("failed: ") == 2
     # volumes in ml from the voxel spacing, areas in pixels for 2D, both from the written masks
     mask = np.asarray(nib.load(out / "brain1.nii.gz").dataobj)
-    assert mask.shape == (48, 40, 3)
+    assert mask.shape == (48, 40, 5) and not mask[..., :2].any()  # the empty slices: background
+    # what ran: the precision "auto" chose here, and the slices given background without sampling
+    from medconddiff.precision import resolve
+
+    assert {r["precision"] for r in table.values() if r["status"] == "ok"} == {resolve("auto", "cpu")}
+    assert (table["brain1"]["slices"], table["brain1"]["skipped_slices"]) == ("5", "2")
+    assert (table["slice2"]["slices"], table["slice2"]["skipped_slices"]) == ("1", "0")
+    assert table["brain3"]["precision"] == ""
     np.testing.assert_allclose(nib.load(out / "brain1.nii.gz").affine, AFFINE)
     voxel_ml = 1.2 * 1.1 * 3.0 / 1000
     names = ["necrosis", "oedema", "non-enhancing tumour", "enhancing tumour"]

@@ -204,7 +204,11 @@ def test_results_md_holds_exactly_what_the_committed_json_renders_to():
     """RESULTS.md's tables are the committed JSON's: regenerating them changes nothing."""
     text = (REPO / "benchmarks" / "RESULTS.md").read_text()
     runs = report.load_inputs(sorted(RESULTS.glob("*.json")))
-    assert set(runs) == {"bench", "ablate", "load", "big_images", "train_speed"}
+    assert (
+        {"bench", "ablate", "load", "big_images", "train_speed"}
+        <= set(runs)
+        <= {"bench", "ablate", "load", "big_images", "train_speed", "volume_cli"}
+    )
     assert report.update(text, report.sections(runs)) == text
     assert report.update(text, {"speed": ["changed"]}) != text  # the check can fail
 
@@ -235,7 +239,9 @@ def test_train_speed_times_every_arm_and_reports_the_ratios(tmp_path):
 def test_report_refuses_an_unknown_json_and_a_file_without_markers(tmp_path):
     other = tmp_path / "other.json"
     other.write_text("{}")
-    with pytest.raises(SystemExit, match="not a bench.py, ablate.py, load.py, big_images.py or train_speed.py JSON"):
+    with pytest.raises(
+        SystemExit, match="not a bench.py, ablate.py, load.py, big_images.py, train_speed.py or volume_cli.py JSON"
+    ):
         report.main([str(other)])
     with pytest.raises(SystemExit, match="no <!-- begin speed -->"):
         report.update("# results\n", {"speed": ["x"]})
@@ -261,3 +267,30 @@ def test_big_images_runs_end_to_end_and_renders(tmp_path):
     assert data["ratio_big_png_vs_small"] > 0 and data["volume"]["peak_rss_mb"] > 0
     lines = report.sections(report.load_inputs([out]))["big_images"]
     assert any(line.startswith("| PNG pair, 600x600 | 600x600 |") for line in lines)
+
+
+def test_volume_cli_pairs_a_baseline_worktree_with_this_checkout_and_renders(tmp_path):
+    """benchmarks/volume_cli.py at its smallest setting, against HEAD: both commands ran in their own checkout
+    (the worktree is gone afterwards), the ratios are the medians of per-round ratios, and a table renders."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: the baseline worktree needs the history")
+    before = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+    out = tmp_path / "volume_cli.json"
+    _run(["benchmarks/volume_cli.py", "--quick", "--baseline", "HEAD", "--json", str(out)])
+    data = json.loads(out.read_text())
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    assert data["baseline"]["commit"] == head.stdout.strip() and data["shape"] == [240, 240, 6]
+    seg = data["segment"]
+    assert data["rounds"] == 1 and all(_positive(seg[n]["median"]) and _positive(seg[n]["peak_rss_mb"]) for n in seg)
+    assert math.isclose(data["speedup"], seg["baseline"]["samples"][0] / seg["current"]["samples"][0], rel_tol=1e-6)
+    assert _positive(data["startup"]["current"]["median"]) and _positive(data["startup_speedup"])
+    assert data["current_output"].startswith("wrote ") and data["current_precision"] in ("fp32", "bf16")
+    assert data["masks"]["dice_foreground"] > 0.9 and 0 <= data["masks"]["voxels_equal"] <= 1
+    authors = data["authors"]
+    assert (
+        authors["same_labels"] is True and authors["slices"] == 2 and _positive(authors["ratio_vs_backbone_every_step"])
+    )
+    after = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+    assert after == before  # the baseline's worktree was removed
+    lines = report.sections(report.load_inputs([out]))["volume_cli"]
+    assert lines[0].startswith("> A --quick smoke run") and any(line.startswith("| speed-up") for line in lines)

@@ -1,5 +1,5 @@
 """The speed options keep fp32 results the same: masks identical, logits equal up to float rounding;
-reduced precision is opt-in and keeps the sampling state in float32.
+reduced precision ("auto" picks it where the hardware runs it natively) keeps the sampling state in float32.
 
 fp32 convolutions already differ by ~1e-6 between thread counts (oneDNN sums in another order),
 so "the same" means: identical label maps, and logits within 1e-4 of the contiguous-layout run.
@@ -16,6 +16,7 @@ import torch
 from medconddiff import pipeline
 from medconddiff.errors import SettingsError
 from medconddiff.pipeline import SamplingSettings, encode, iter_segment_slices, segment_image, use_channels_last
+from medconddiff.precision import cpu_has_native_bf16, resolve
 from medconddiff.sampler import sample_loop
 
 
@@ -46,8 +47,8 @@ def test_channels_last_denoiser_matches_contiguous(tiny_model):
 
 def test_pipeline_layouts_give_the_same_masks(tiny_model):
     settings = SamplingSettings(steps=3, ensemble=2)
-    a = segment_image(tiny_model, _slice(), settings, kind="nifti", channels_last=False)
-    b = segment_image(tiny_model, _slice(), settings, kind="nifti", channels_last=True)
+    a = segment_image(tiny_model, _slice(), settings, kind="nifti", channels_last=False, precision="fp32")
+    b = segment_image(tiny_model, _slice(), settings, kind="nifti", channels_last=True, precision="fp32")
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
     assert all(p.is_contiguous() for p in tiny_model.parameters())  # the weights are never re-laid out
@@ -63,9 +64,16 @@ def test_fp32_precision_is_the_plain_path(tiny_model):
     image = torch.from_numpy(_slice()[None, :, :64, :64].copy())
     with torch.inference_mode():
         assert torch.equal(encode(tiny_model, image, precision="fp32"), tiny_model.encode_image(image))
+    res = segment_image(tiny_model, _slice(), SamplingSettings(steps=2), kind="nifti", precision="fp32")
+    assert res.precision == "fp32" and res.trajectory.logits.dtype == torch.float32
+
+
+def test_the_default_precision_is_auto_resolved_for_the_device(tiny_model):
     settings = SamplingSettings(steps=2)
+    chosen = resolve("auto", "cpu")
     a = segment_image(tiny_model, _slice(), settings, kind="nifti")
-    b = segment_image(tiny_model, _slice(), settings, kind="nifti", precision="fp32")
+    b = segment_image(tiny_model, _slice(), settings, kind="nifti", precision=chosen)
+    assert a.precision == b.precision == chosen == ("bf16" if cpu_has_native_bf16() else "fp32")
     np.testing.assert_array_equal(a.probs, b.probs)
 
 
@@ -79,7 +87,7 @@ def test_bf16_autocast_runs_and_keeps_float32_outputs(tiny_model):
 
 
 def test_unknown_precision_is_a_settings_error(tiny_model):
-    with pytest.raises(SettingsError, match="accepted: fp32, bf16, fp16"):
+    with pytest.raises(SettingsError, match="accepted: auto, fp32, bf16, fp16"):
         segment_image(tiny_model, _slice(), SamplingSettings(steps=1), kind="nifti", precision="int8")
 
 
@@ -88,11 +96,13 @@ def test_trajectory_is_stacked_with_classes_innermost_and_fuses_the_same(tiny_mo
     """The pipeline stacks the trajectory with K innermost (faster consensus); the masks are unchanged."""
     settings = SamplingSettings(steps=3, ensemble=ensemble)
     for channels_last in (True, False):
-        res = segment_image(tiny_model, _slice(), settings, kind="nifti", channels_last=channels_last)
+        res = segment_image(tiny_model, _slice(), settings, kind="nifti", channels_last=channels_last, precision="fp32")
         logits = res.trajectory.logits
         assert logits.shape == (3, ensemble, 5, 64, 64) and logits.stride(-3) == 1
         for method in ("mean_logits", "majority_vote", "snr_weighted"):
-            plain = pipeline._finish(replace(res.trajectory, logits=logits.contiguous()), res.geometry, method)
+            plain = pipeline._finish(
+                replace(res.trajectory, logits=logits.contiguous()), res.geometry, method, precision=res.precision
+            )
             fast = res.refuse(method)
             np.testing.assert_array_equal(fast.labels, plain.labels)
             np.testing.assert_allclose(fast.probs, plain.probs, atol=1e-6)

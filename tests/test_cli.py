@@ -158,3 +158,55 @@ def test_bad_settings_and_weights(run_cli, case, tmp_path, tiny_weights):
     assert r.returncode == 2 and "no such weights folder" in r.stderr
     r = run_cli(f"segment {case}/flair.png {case}/t1c.png -o {tmp_path}/m.png --steps 0 --weights {tiny_weights}")
     assert r.returncode == 2 and "steps must be between" in r.stderr
+
+
+# -- precision ----------------------------------------------------------------------------------------
+
+
+def test_precision_auto_is_the_default_and_said(run_cli, case, tiny_weights, tmp_path):
+    from medconddiff.precision import resolve
+
+    out = tmp_path / "mask.nii.gz"
+    r = run_cli(f"segment {case}/flair.nii.gz {case}/t1c.nii.gz -o {out} --weights {tiny_weights} --steps 1 --quiet")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip().endswith(f"; precision {resolve('auto', 'cpu')}") and r.stderr == ""
+    r = run_cli(f"info --weights {tiny_weights}")
+    native = "native bf16" if resolve("auto", "cpu") == "bf16" else "no native bf16"
+    assert f"precision:  {resolve('auto', 'cpu')} (auto on cpu: {native})" in r.stdout
+    r = run_cli(f"info --weights {tiny_weights} --precision fp32")
+    assert "precision:  fp32 (as asked, on cpu)" in r.stdout
+
+
+def test_unknown_precision_is_one_line_listing_the_accepted_ones(run_cli, case, tiny_weights, tmp_path):
+    for command in (f"segment {case}/flair.png {case}/t1c.png -o {tmp_path}/m.png", "info"):
+        r = run_cli(f"{command} --weights {tiny_weights} --precision fp8")
+        assert r.returncode == 2 and r.stdout == ""
+        assert r.stderr == "error: unknown precision 'fp8'; accepted: auto, fp32, bf16, fp16\n"
+
+
+def test_bf16_forced_without_native_support_runs_with_one_warning(run_cli, case, tiny_weights, tmp_path, monkeypatch):
+    from medconddiff import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.resolve("auto", "cpu") == "fp32"  # what auto picks on such a CPU
+    out = tmp_path / "mask.png"
+    r = run_cli(f"segment {case}/flair.png {case}/t1c.png -o {out} --weights {tiny_weights} --steps 1 --precision bf16")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("warning: precision bf16 on a CPU without native")
+    assert "slower" in r.stderr and r.stdout.rstrip().endswith("; precision bf16") and out.is_file()
+
+
+def test_a_nifti_segment_imports_neither_gradio_matplotlib_nor_pydicom(case, tiny_weights, tmp_path):
+    """Start-up is most of a small volume's time: the command imports what it uses (check with `python -X
+    importtime -m medconddiff segment ...`). pydicom stays importable for DICOM input afterwards."""
+    code = (
+        "import sys; from medconddiff.__main__ import main; "
+        f"code = main(['segment', '{case}/flair.nii.gz', '{case}/t1c.nii.gz', '-o', '{tmp_path}/m.nii.gz', "
+        f"'--weights', '{tiny_weights}', '--steps', '1', '--quiet']); "
+        "loaded = sorted(m for m in ('gradio', 'matplotlib', 'pydicom', 'nibabel') if m in sys.modules); "
+        "import pydicom; print(code, loaded)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "0 ['nibabel']"

@@ -27,7 +27,9 @@ def test_identical_steps_give_that_step(method):
 def test_majority_is_a_majority():
     k, h, w = 3, 2, 2
     votes = [0, 2, 2, 1, 2]  # class 2 wins 3 of 5 steps everywhere
-    logits = torch.stack([torch.nn.functional.one_hot(torch.full((h, w), v), k).permute(2, 0, 1).float() * 5 for v in votes])
+    logits = torch.stack(
+        [torch.nn.functional.one_hot(torch.full((h, w), v), k).permute(2, 0, 1).float() * 5 for v in votes]
+    )
     logits = logits[:, None]  # (S=5, E=1, K, H, W)
     c = fuse(logits, None, method="majority_vote")
     assert (c.labels == 2).all()

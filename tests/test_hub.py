@@ -21,7 +21,7 @@ from medconddiff.errors import WeightsError
 from medconddiff.hub import load_folder, resolve
 
 REPO = Path(__file__).resolve().parent.parent
-MAX_REQUESTS_PER_RUN = 8  # two files, HEAD + GET each, with room for one retry
+MAX_REQUESTS_PER_RUN = 8  # two files, HEAD + GET each, the card's HEAD, with room for a retry
 
 
 def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -90,7 +90,7 @@ def classes_line(stdout: str) -> str:
 
 
 def test_repo_id_downloads_and_segments_like_the_local_folder(hub, tiny_weights, pair, tmp_path):
-    hub.add_folder("lab/tiny", tiny_weights)
+    commit = hub.add_folder("lab/tiny", tiny_weights)
     env = hub.env(tmp_path / "hf")
     common = [*map(str, pair), "--steps", "2", "--seed", "3", "--quiet"]
     r_hub = run_cli("segment", *common, "-o", str(tmp_path / "hub.png"), "--weights", "lab/tiny", env=env)
@@ -105,6 +105,7 @@ def test_repo_id_downloads_and_segments_like_the_local_folder(hub, tiny_weights,
     assert {p for _, p in hub.requests} == {
         "/lab/tiny/resolve/main/config.json",
         "/lab/tiny/resolve/main/model.safetensors",
+        f"/lab/tiny/resolve/{commit}/README.md",  # the model card at the same commit (this repo has none)
     }
     assert len(hub.requests) <= MAX_REQUESTS_PER_RUN
 

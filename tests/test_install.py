@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def _source(tmp: Path) -> Path:
-    """What `pip install .` reads: pyproject.toml, the package and the bundled weights."""
+    """What `pip install .` reads: pyproject.toml, the package, the bundled weights and the models catalogue."""
     if not (REPO / "assets" / "weights" / "brats-demo" / "model.safetensors").is_file():
         pytest.skip("the bundled weights are not in this checkout")
     src = tmp / "src"
@@ -34,6 +34,7 @@ def _source(tmp: Path) -> Path:
     shutil.copy(REPO / "pyproject.toml", src)
     shutil.copytree(REPO / "medconddiff", src / "medconddiff", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "assets" / "weights", src / "assets" / "weights")
+    shutil.copy(REPO / "assets" / "models.toml", src / "assets" / "models.toml")
     return src
 
 

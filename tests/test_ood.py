@@ -127,11 +127,9 @@ def test_the_command_line_warns_on_a_ct_volume_and_not_on_a_brats_slice(brats_cl
 
 def test_the_app_shows_the_warning_as_a_note_and_in_the_volume_message():
     """demo_server's wording (the app wires it): a BraTS slab read by the CT model is flagged, by the BraTS model not."""
-    from types import SimpleNamespace
-
     import demo_server as server
     from medconddiff import hub
-    from medconddiff.pipeline import load_case
+    from medconddiff.pipeline import VolumeResult, load_case
 
     models = hub.bundled_models()
     if not {"brats-demo", "abdomen-ct-demo"} <= set(models):
@@ -141,9 +139,11 @@ def test_the_app_shows_the_warning_as_a_note_and_in_the_volume_message():
     slab = [EXAMPLES / f"brats_pat0004_slab_{m}.nii.gz" for m in ("flair", "t1c")]
     for config, files, warned in ((brats, slab, False), (ct, slab[:1], True)):
         scan = load_case(files, config)
-        res = SimpleNamespace(entropy=np.zeros(scan.data.shape[1:], np.float32))  # a certain result
+        shape = scan.data.shape[1:]  # a certain result
+        res = VolumeResult(labels=np.zeros(shape, np.int64), agreement=np.ones(shape), entropy=np.zeros(shape))
         text = server.volume_message(config, scan, res, None)
-        assert text.startswith("Segmented all 6 slices") and ("**Warning: this does not look like" in text) == warned
+        assert text.startswith("Segmented all 6 slices, in fp32")
+        assert ("**Warning: this does not look like" in text) == warned
     note = server.ood_note("this does not look like the <CT> this model was trained on")
     assert 'role="note"' in note and "This does not look like the &lt;CT&gt;" in note
 

@@ -48,7 +48,9 @@ def test_overfit_real_brats_slices(shared_data):
     model.eval()
     with torch.inference_mode():
         cond = model.encode_image(images)
-        logits = torch.stack([r.logits for r in sample_loop(model, cond, steps=10, generator=torch.Generator().manual_seed(1))])
+        logits = torch.stack(
+            [r.logits for r in sample_loop(model, cond, steps=10, generator=torch.Generator().manual_seed(1))]
+        )
     pred = fuse(logits).labels  # (4, 64, 64)
     p, t_ = pred > 0, labels > 0
     dice = 2 * (p & t_).sum().item() / (p.sum() + t_.sum()).item()

@@ -88,6 +88,27 @@ def test_seed_reproduces_and_blank_slices_skip_the_model(tiny_model):
     assert a.labels.shape == (90, 70, 4)
     np.testing.assert_array_equal(a.labels, b.labels)
     assert (a.labels[..., 3] == 0).all() and (a.agreement[..., 3] == 1).all()
+    assert a.skipped == 1 and a.precision in ("fp32", "bf16")
+
+
+def test_volume_batches_side_by_side_give_the_masks_of_one_at_a_time(tiny_model):
+    """Each batch has its own generator, so the batches may run on two threads in any order: the same masks
+    (in fp32; the float maps up to rounding of another thread count), and torch's thread count is put back."""
+    empty = np.zeros((2, 90, 70), np.float32)
+    vol = np.stack([empty] + [_slice(seed=s) for s in range(5)] + [empty], axis=-1)  # 5 slices with content
+    s = SamplingSettings(steps=2, seed=3, sampler="ddpm")  # ancestral noise at every step, not only at the start
+    threads = torch.get_num_threads()
+    seen = []
+    one = segment_volume(tiny_model, vol, s, batch_size=2, precision="fp32", workers=1)
+    two = segment_volume(
+        tiny_model, vol, s, batch_size=2, precision="fp32", workers=2, progress=lambda d, t: seen.append((d, t))
+    )
+    assert torch.get_num_threads() == threads
+    np.testing.assert_array_equal(one.labels, two.labels)
+    np.testing.assert_allclose(one.entropy, two.entropy, atol=1e-5)  # float rounding of other thread counts
+    assert (one.skipped, two.skipped) == (2, 2) and seen == [(4, 7), (6, 7), (7, 7)]  # batches of 2, 2, 1
+    alone = segment_volume(tiny_model, vol[..., 1:3], s, batch_size=2, precision="fp32")  # the first batch alone
+    np.testing.assert_array_equal(alone.labels, one.labels[..., 1:3])  # samples as segment_slices does
 
 
 def test_settings_validation():

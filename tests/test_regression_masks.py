@@ -1,7 +1,9 @@
 """The shipped weights give the same masks on the bundled examples as when these fingerprints were taken.
 
 Each bundled example goes through the library (read, then `segment_volume` for NIfTI slabs, or
-`segment_slices` for a 2D slice) with its model's default settings and seed 0. The fingerprint of
+`segment_slices` for a 2D slice) with its model's default settings, seed 0 and precision "fp32" (the
+library's default "auto" picks bf16 on hardware that has it: tests/test_precision.py holds that to
+the fp32 masks by Dice; these fingerprints hold fp32 to the bit). The fingerprint of
 the uint8 label map is its per-class pixel counts and its sha256; `tests/data/regression_masks.json`
 holds those of the code before the data-path restructuring (the photograph and cardiac models: when they
 were added). Regenerate only when a change of
@@ -65,9 +67,9 @@ def segment_example(name: str) -> tuple[np.ndarray, int]:
     settings = SamplingSettings.defaults_for(model.config, seed=0)
     scan = load_case([EXAMPLES / f for f in files], model.config)
     if scan.is_volume:
-        labels = segment_volume(model, scan.data, settings, kind=scan.kind).labels
+        labels = segment_volume(model, scan.data, settings, kind=scan.kind, precision="fp32").labels
     else:
-        labels = segment_slices(model, [scan.data], settings, kind=scan.kind)[0].labels
+        labels = segment_slices(model, [scan.data], settings, kind=scan.kind, precision="fp32")[0].labels
     return labels, model.config.num_classes
 
 

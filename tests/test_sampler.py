@@ -31,7 +31,9 @@ def test_training_and_sampling_share_one_value_space():
     onehot_probs = (x0 + 1) / 2
     torch.testing.assert_close(probs_to_x0(onehot_probs), x0)  # a confident prediction maps back exactly
     s = CosineLogSNR()
-    torch.testing.assert_close(q_sample(x0, torch.zeros(2), torch.randn_like(x0), s), x0, atol=5e-3, rtol=0)  # sigma_0 ~ 5e-4
+    torch.testing.assert_close(
+        q_sample(x0, torch.zeros(2), torch.randn_like(x0), s), x0, atol=5e-3, rtol=0
+    )  # sigma_0 ~ 5e-4
 
 
 def test_hybrid_loss_is_small_for_correct_logits():
@@ -79,7 +81,9 @@ def test_loop_records_every_step_and_runs_the_denoiser_once_per_step(tiny_model,
     model = CountingModel(tiny_model)
     with torch.inference_mode():
         cond = model.encode_image(torch.randn(2, 2, 64, 64))
-        recs = list(sample_loop(model, cond, steps=5, ensemble=3, sampler=kind, generator=torch.Generator().manual_seed(0)))
+        recs = list(
+            sample_loop(model, cond, steps=5, ensemble=3, sampler=kind, generator=torch.Generator().manual_seed(0))
+        )
     assert model.calls == {"encode": 1, "denoise": 5}  # E=3 members share one cond, one batch per step
     assert [r.index for r in recs] == list(range(5))
     assert recs[0].t == 1.0
@@ -95,7 +99,9 @@ def test_sampling_is_reproducible_from_a_seed(tiny_model, kind):
 
         def run(seed):
             g = torch.Generator().manual_seed(seed)
-            return torch.stack([r.logits for r in sample_loop(tiny_model, cond, steps=4, ensemble=2, sampler=kind, generator=g)])
+            return torch.stack(
+                [r.logits for r in sample_loop(tiny_model, cond, steps=4, ensemble=2, sampler=kind, generator=g)]
+            )
 
         a, b, c = run(3), run(3), run(4)
     assert torch.equal(a, b)

@@ -62,6 +62,33 @@ def test_a_bundled_model_card_says_what_users_must_know(model):
 
 
 @pytest.mark.parametrize("model", MODELS)
+def test_a_bundled_model_card_carries_its_results_for_the_hub(model):
+    """The Hub's own card reader finds the task, licence, dataset and a model-index whose results are the
+    evaluation.json's means (metric, value, split); the whole card is what `python -m train.card` writes."""
+    if model not in hub.bundled_models():
+        pytest.skip(f"{model} weights are not bundled")
+    from huggingface_hub import ModelCard, metadata_load
+
+    from train import card as cards
+
+    folder = hub.resolve(model)
+    report = json.loads((folder / "evaluation.json").read_text())
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    assert text == cards.model_card(folder, report, notes=cards.kept_notes(text)), f"regenerate {model}'s card"
+    read = ModelCard.load(folder / "README.md", ignore_metadata_errors=False).data
+    assert read.pipeline_tag == "image-segmentation" and read.license and read.datasets and read.model_name == model
+    split = cards.report_split(report)
+    assert split == ("test" if report["data"].get("split") else "validation")  # BraTS and CT: no test part
+    found = {(r.dataset_split, r.metric_name): r.metric_value for r in read.eval_results}
+    mean = report["mean"]
+    assert found[(split, "mean Dice (foreground classes)")] == round(mean["dice_mean"]["foreground"], 4)
+    assert found[(split, "mean IoU (foreground classes)")] == round(mean["iou_mean"]["foreground"], 4)
+    if "brats" in mean:
+        assert found[(split, "Dice WT")] == round(mean["brats"]["WT"]["dice"], 4)
+    assert metadata_load(folder / "README.md")["model-index"][0]["results"][0]["task"]["type"] == "image-segmentation"
+
+
+@pytest.mark.parametrize("model", MODELS)
 def test_a_bundled_model_segments_its_own_example_alike_in_the_cli_and_the_app(model, tmp_path, monkeypatch):
     if model not in hub.bundled_models():
         pytest.skip(f"{model} weights are not bundled")

@@ -1,11 +1,28 @@
-"""The model card (README.md of a weights folder): data, licence, training command, evaluation table."""
+"""The model card (README.md of a weights folder): Hub metadata, data, licence, training, evaluation.
+
+    python -m train.card assets/weights/*          # regenerate cards from their evaluation.json
+    python -m train.card WEIGHTS --report eval.json [--notes "..."]
+
+The front matter is the Hub's metadata: `pipeline_tag`, `license`, `datasets` and a `model-index`
+whose results (metric, value, split) are generated from the evaluation report of `train.evaluate`,
+never typed by hand; the card's tables come from the same report.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import yaml
+
+from medconddiff import metrics
+from medconddiff.modelcard import sections
+
 from .evaluate import markdown_table
+
+REPORT_NAME = "evaluation.json"  # the evaluation report kept beside the weights
+TAGS = ["medical-imaging", "segmentation", "diffusion", "pytorch_model_hub_mixin"]
 
 DATA_NOTES = {
     "brats2015": (
@@ -84,6 +101,16 @@ ANATOMY = {
     "ph2": "skin lesions",
     "acdc": "heart",
 }
+# the card's `datasets` and the model-index's dataset: (id, name) of each training dataset
+DATASETS = {
+    "brats2015": ("brats2015", "BraTS 2015"),
+    "abdomen-ct": ("totalsegmentator-example-ct", "TotalSegmentator example CT"),
+    "kvasir-seg": ("kvasir-seg", "Kvasir-SEG"),
+    "ph2": ("ph2", "PH2"),
+    "acdc": ("acdc", "ACDC"),
+}
+# the split names of `train.evaluate --split` and of data folders, as the Hub's model-index spells them
+SPLITS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 PUBLISHED = {
     "kvasir-seg": "mean Dice per image on Kvasir-SEG's usual 100-image test split: U-Net about 0.82, PraNet about "
     "0.90, Polyp-PVT (PVT-v2 with ImageNet weights, 352 px, GPU) about 0.92",
@@ -111,20 +138,89 @@ def dataset_key(training: dict, cfg: dict) -> str:
     return "brats2015" if cfg.get("modality") == "mri" else "abdomen-ct" if cfg.get("modality") == "ct" else ""
 
 
+def report_split(report: dict) -> str:
+    """Which split an evaluation report scored, read from its `data` record (`train.evaluate`).
+
+    `--split PART` of a split file names it; a held-out block of one volume's slices is validation
+    data; else the data folder's own name (".../validation") says it. `ValueError` when nothing does.
+    """
+    data = report.get("data", {})
+    if data.get("split"):
+        return SPLITS[data["split"]["part"]]
+    if data.get("val_range_only"):
+        return "validation"
+    folder = Path(str(data.get("root", ""))).name.lower()
+    if folder in SPLITS:
+        return SPLITS[folder]
+    raise ValueError(
+        f"the evaluation of {data.get('root')!r} names no split; accepted: a report of `train.evaluate --split PART`, "
+        f"of held-out slices, or of a folder named {', '.join(sorted(SPLITS))}"
+    )
+
+
+def _metric(kind: str, name: str, value: float) -> dict | None:
+    return {"type": kind, "name": name, "value": round(float(value), 4)} if math.isfinite(value) else None
+
+
+def report_metrics(report: dict) -> list[dict]:
+    """The model-index metrics of an evaluation report: its mean Dice and IoU, per class and per BraTS region.
+
+    Means over the report's cases, as the card's table's **mean** row; HD95 in mm.
+    """
+    mean, names = report["mean"], report["class_names"]
+    found = [
+        _metric("dice", "mean Dice (foreground classes)", mean["dice_mean"]["foreground"]),
+        _metric("dice", "mean Dice (all classes, background included)", mean["dice_mean"]["all"]),
+        _metric("mean_iou", "mean IoU (foreground classes)", mean["iou_mean"]["foreground"]),
+    ]
+    if len(names) > 2:  # one foreground class: its Dice is the foreground mean above
+        found += [_metric("dice", f"Dice {n}", d) for n, d in zip(names[1:], mean["dice"][1:], strict=True)]
+    for region in metrics.BRATS_REGIONS if "brats" in mean else ():
+        found.append(_metric("dice", f"Dice {region}", mean["brats"][region]["dice"]))
+        found.append(_metric("hd95", f"HD95 {region} (mm)", mean["brats"][region]["hd95"]))
+    return [m for m in found if m is not None]
+
+
+def model_index(name: str, key: str, report: dict) -> list[dict]:
+    """The Hub's `model-index` for a model evaluated by `report` on dataset `key`."""
+    dataset_id, dataset_name = DATASETS.get(key, (key or "unknown", key or "unknown"))
+    return [
+        {
+            "name": name,
+            "results": [
+                {
+                    "task": {"type": "image-segmentation", "name": "Image segmentation"},
+                    "dataset": {"type": dataset_id, "name": dataset_name, "split": report_split(report)},
+                    "metrics": report_metrics(report),
+                }
+            ],
+        }
+    ]
+
+
+def metadata(name: str, key: str, report: dict | None) -> dict:
+    """The card's front matter (the Hub's metadata): library, task, anatomy, licence, dataset, tags, results."""
+    licence, licence_name = LICENCES.get(key, ("other", "see-the-data-section"))
+    meta = {"library_name": "medconddiff", "pipeline_tag": "image-segmentation"}
+    meta |= {"anatomy": ANATOMY[key]} if key in ANATOMY else {}
+    meta |= {"license": licence} | ({"license_name": licence_name} if licence_name else {})
+    meta |= {"datasets": [DATASETS[key][0]]} if key in DATASETS else {}
+    meta["tags"] = TAGS
+    if report is not None:
+        meta["model-index"] = model_index(name, key, report)
+    return meta
+
+
 def model_card(weights_dir: Path, report: dict | None, *, notes: str = "") -> str:
     cfg = json.loads((weights_dir / "config.json").read_text())
     training = (
         json.loads((weights_dir / "training.json").read_text()) if (weights_dir / "training.json").is_file() else {}
     )
     key = dataset_key(training, cfg)
-    licence, licence_name = LICENCES.get(key, ("other", "see-the-data-section"))
+    front = yaml.safe_dump(metadata(weights_dir.name, key, report), sort_keys=False, allow_unicode=True, width=1000)
     lines = [
         "---",
-        "library_name: medconddiff",
-        *([f"anatomy: {ANATOMY[key]}"] if key in ANATOMY else []),
-        f"license: {licence}",
-        *([f"license_name: {licence_name}"] if licence_name else []),
-        "tags: [medical-imaging, segmentation, diffusion, pytorch_model_hub_mixin]",
+        front.rstrip("\n"),
         "---",
         f"# MedCondDiff — {weights_dir.name}",
         "",
@@ -188,21 +284,46 @@ def model_card(weights_dir: Path, report: dict | None, *, notes: str = "") -> st
     return "\n".join(lines) + "\n"
 
 
-def write_card(weights_dir: str | Path, report_json: str | Path | None = None, *, notes: str = "") -> Path:
+def kept_notes(card: str) -> str:
+    """The free text of a card's Training section (what follows the facts' bullet list): kept when regenerating."""
+    body = next((b for h, b in sections(card) if h == "Training"), "")
+    return "\n".join(line for line in body.splitlines() if not line.startswith("- ")).strip()
+
+
+def write_card(weights_dir: str | Path, report_json: str | Path | None = None, *, notes: str | None = None) -> Path:
+    """Write weights_dir/README.md from its config, training record and evaluation report.
+
+    `report_json` defaults to the evaluation.json beside the weights (a new report is copied there);
+    `notes` None keeps the Training notes of the card already there.
+    """
     weights_dir = Path(weights_dir)
-    report = json.loads(Path(report_json).read_text()) if report_json else None
-    (weights_dir / "README.md").write_text(model_card(weights_dir, report, notes=notes), encoding="utf-8")
-    if report is not None:
-        (weights_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
-    return weights_dir / "README.md"
+    card = weights_dir / "README.md"
+    kept = weights_dir / REPORT_NAME
+    report_json = Path(report_json) if report_json else (kept if kept.is_file() else None)
+    report = json.loads(report_json.read_text()) if report_json else None
+    if notes is None:
+        notes = kept_notes(card.read_text(encoding="utf-8")) if card.is_file() else ""
+    text = model_card(weights_dir, report, notes=notes)
+    if report is not None and report_json.resolve() != kept.resolve():
+        kept.write_text(json.dumps(report, indent=2))
+    card.write_text(text, encoding="utf-8")
+    return card
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m train.card", description="Write weights folders' model cards.")
+    ap.add_argument("weights", nargs="+", help="weights folder(s); each card is regenerated in place")
+    ap.add_argument("--report", help=f"evaluation JSON from train.evaluate (default: the folder's {REPORT_NAME})")
+    ap.add_argument("--notes", default=None, help="Markdown for the Training section (default: the card's own)")
+    a = ap.parse_args(argv)
+    if a.report and len(a.weights) > 1:
+        ap.error("--report belongs to one weights folder; give one folder with it")
+    for folder in a.weights:
+        print(write_card(folder, a.report, notes=a.notes))
+    return 0
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m train.card", description="Write a weights folder's model card.")
-    ap.add_argument("weights")
-    ap.add_argument("--report", help="evaluation JSON from train.evaluate")
-    ap.add_argument("--notes", default="", help="extra Markdown for the Training section")
-    a = ap.parse_args()
-    print(write_card(a.weights, a.report, notes=a.notes))
+    raise SystemExit(main())
