@@ -21,6 +21,8 @@ import numpy as np
 from medconddiff import metrics
 from medconddiff.hub import load_model, resolve
 from medconddiff.pipeline import SamplingSettings, load_case, resolve_device, segment_slices, segment_volume
+from medconddiff.precision import CHOICES
+from medconddiff.precision import resolve as resolve_precision
 
 from . import data as D
 
@@ -148,9 +150,18 @@ def mean_of(cases: list[dict]) -> dict:
     return out
 
 
-def predict_case(model, scan, settings: SamplingSettings, *, batch_size: int = 8, progress: bool = False) -> np.ndarray:
+def predict_case(
+    model,
+    scan,
+    settings: SamplingSettings,
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+    precision: str = "fp32",
+) -> np.ndarray:
     """One read case (`pipeline.load_case`) -> its label map on the scan's grid, (X, Y, Z) for volumes
-    or (H, W) for 2D images: the prediction `evaluate` scores, through the library's pipeline."""
+    or (H, W) for 2D images: the prediction `evaluate` scores, through the library's pipeline. fp32 by
+    default, so that a reported number does not depend on whether the machine has native bf16."""
     if scan.is_volume:
         return segment_volume(
             model,
@@ -160,8 +171,9 @@ def predict_case(model, scan, settings: SamplingSettings, *, batch_size: int = 8
             spacing=scan.slice_spacing,
             batch_size=batch_size,
             progress=progress,
+            precision=precision,
         ).labels
-    return segment_slices(model, [scan.data], settings, kind=scan.kind)[0].labels
+    return segment_slices(model, [scan.data], settings, kind=scan.kind, precision=precision)[0].labels
 
 
 def evaluate(
@@ -174,6 +186,7 @@ def evaluate(
     cases: list[str] | None = None,
     split: str | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> dict:
     """Run the pipeline on every case (or one part of `data.split_file`) and compute the metrics."""
     found = D.find_cases(data.root, data)
@@ -195,7 +208,7 @@ def evaluate(
         truth = D.read_labels(case, data)
         truth = scan.to_canonical(truth) if scan.is_volume and truth is not None else truth  # the grid of `pred`
         t0 = time.time()
-        pred = predict_case(model, scan, settings, batch_size=batch_size, progress=progress)
+        pred = predict_case(model, scan, settings, batch_size=batch_size, progress=progress, precision=precision)
         seconds.append(time.time() - t0)
         if data.layout == "single" and data.val_range:
             a, b = data.val_range
@@ -204,6 +217,7 @@ def evaluate(
     return {
         "class_names": list(model.config.class_names),
         "settings": dataclasses.asdict(settings),
+        "precision": precision,
         "data": {
             "root": data.root,
             "layout": data.layout,
@@ -231,13 +245,21 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=8, help="slices per batch (the CLI's default: the same masks)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        metavar="|".join(CHOICES),
+        help="the network's precision (default fp32: the reported numbers do not depend on the machine)",
+    )
     ap.add_argument("--cases", nargs="*", help="only these case names")
     ap.add_argument("--split", choices=["train", "val", "test"], help="only this part of the config's split file")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
     folder = resolve(args.weights)
-    model = load_model(folder, device=resolve_device(args.device))
+    model = load_model(folder, device=device)
     settings = SamplingSettings.defaults_for(
         model.config,
         steps=args.steps,
@@ -255,6 +277,7 @@ def run(argv: list[str] | None = None) -> int:
         cases=args.cases,
         split=args.split,
         progress=not args.no_progress,
+        precision=precision,
     )
     report["weights"] = str(args.weights or folder)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
