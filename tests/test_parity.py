@@ -5,7 +5,9 @@ example, with the same settings (the model's defaults, 2 ensemble members, seed 
     library     pipeline.read_case + segment_slices / segment_volume
     CLI         medconddiff.__main__.main(["segment", ...]) (what `python -m medconddiff segment` runs)
     app         app.segment_api (the `segment` API) for a slice, app.run_volume for a whole volume
-    evaluation  train.evaluate.predict_case (the prediction `evaluate` scores)
+    evaluation  train.evaluate.predict_case (the prediction `evaluate` scores), at the precision the library
+                resolved "auto" to (evaluate itself defaults to fp32, so that reported numbers do not depend on
+                the machine)
 """
 
 from __future__ import annotations
@@ -60,11 +62,12 @@ def test_a_slice_gives_one_mask_through_library_cli_app_and_evaluation(model, se
     from train.evaluate import predict_case
 
     case = read_case([str(p) for p in SLICE], model.config)
-    library = segment_slices(model, [case.image], settings, kind=case.scan.kind)[0].labels
+    result = segment_slices(model, [case.image], settings, kind=case.scan.kind)[0]
+    library = result.labels
     cli = _cli(SLICE, tmp_path / "mask.png", monkeypatch)
     mask, summary = app.segment_api([str(p) for p in SLICE], MODEL, 0, ENSEMBLE, "", SEED)
     api = np.asarray(Image.open(mask))
-    evaluation = predict_case(model, load_case(SLICE, model.config), settings)
+    evaluation = predict_case(model, load_case(SLICE, model.config), settings, precision=result.precision)
     assert summary["steps"] == settings.steps and summary["consensus"] == settings.consensus
     assert library.shape == (240, 240) and (library > 0).sum() > 500  # a real tumour mask, not an empty one
     for name, labels in {"CLI": cli, "app API": api, "evaluation": evaluation}.items():
@@ -77,12 +80,13 @@ def test_a_volume_gives_one_mask_through_library_cli_app_and_evaluation(model, s
     from train.evaluate import predict_case
 
     scan = load_case(SLAB, model.config)
-    library = segment_volume(model, scan.data, settings, kind=scan.kind).labels
+    result = segment_volume(model, scan.data, settings, kind=scan.kind)
+    library = result.labels
     cli = _cli(SLAB, tmp_path / "mask.nii.gz", monkeypatch)
     sampler = next(label for label, name in app.SAMPLERS.items() if name == settings.sampler)
     path, _ = app.run_volume([str(p) for p in SLAB], MODEL, "", None, 0, sampler, ENSEMBLE, "", SEED, *[None] * 4)
     ui = np.asarray(nib.load(path).dataobj)
-    evaluation = predict_case(model, scan, settings)
+    evaluation = predict_case(model, scan, settings, precision=result.precision)
     assert library.shape == (240, 240, 6) and (library > 0).sum() > 1000
     for name, labels in {"CLI": cli, "app (whole volume)": ui, "evaluation": evaluation}.items():
         np.testing.assert_array_equal(labels, library, err_msg=f"{name} differs from the library")
