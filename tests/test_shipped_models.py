@@ -135,6 +135,7 @@ def test_a_photograph_example_scores_what_the_model_card_reports_for_it(example,
     out = tmp_path / "mask.png"
     args = ["--steps", str(s["steps"]), "--ensemble", str(s["ensemble"]), "--sampler", s["sampler"]]
     args += ["--consensus", s["consensus"], "--seed", str(s["seed"]), "--quiet"]
+    args += ["--precision", report.get("precision", "fp32")]  # the card's numbers: evaluate runs fp32 by default
     with warnings.catch_warnings():
         assert main(["segment", *example.files, "-o", str(out), "--weights", example.model, *args]) == 0
     pred, truth = np.asarray(Image.open(out)), np.asarray(Image.open(example.truth))
