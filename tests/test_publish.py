@@ -25,9 +25,10 @@ from hubserver import HubServer
 from PIL import Image
 
 from medconddiff import catalogue, examples, hub
+from train import publish
 
 REPO = Path(__file__).resolve().parent.parent
-PUBLISHED = {"config.json", "model.safetensors", "README.md"}
+PUBLISHED = {"config.json", "model.safetensors", "README.md", "learning_curve.png"}  # the curve: the card's picture
 
 
 def run(module: str, *args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -67,6 +68,7 @@ def release(tmp_path_factory) -> Path:
     report["mean"] = mean_of(list(cases.values()))
     (folder.parent / "report.json").write_text(json.dumps(report))
     write_card(folder, folder.parent / "report.json")  # README.md + evaluation.json beside the weights
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "learning_curve.png")  # as training draws one
     return folder
 
 
@@ -263,7 +265,8 @@ def test_every_catalogued_model_serves_from_the_hub_in_the_cli_and_the_app(serve
 
     models = _shipped_or_skip()
     for m in models:
-        server.add_repo(m.repo, {n: hub.bundled_folder(m) / n for n in PUBLISHED}, revision=m.revision)
+        folder = hub.bundled_folder(m)
+        server.add_repo(m.repo, {n: folder / n for n in publish.published_files(folder)}, revision=m.revision)
     featured = {e.caption: e for e in examples.load_examples()}
     jobs = [(m.name, list(featured[m.example].files), str(tmp_path / f"{m.name}-bundled.png")) for m in models]
     env = server.env(tmp_path / "hf") | {"HF_HUB_OFFLINE": "1"}  # bundled: no network at all

@@ -22,6 +22,7 @@ from medconddiff.modelcard import sections
 from .evaluate import markdown_table
 
 REPORT_NAME = "evaluation.json"  # the evaluation report kept beside the weights
+CURVE_ALT = "learning curve: loss and validation Dice against steps and wall time"
 TAGS = ["medical-imaging", "segmentation", "diffusion", "pytorch_model_hub_mixin"]
 
 DATA_NOTES = {
@@ -260,7 +261,7 @@ def model_card(weights_dir: Path, report: dict | None, *, notes: str = "") -> st
         if best and best.get("step"):
             lines.append(f"- best validation foreground Dice {best['dice_fg_mean']:.3f} at step {best['step']}")
         if (weights_dir / "learning_curve.png").is_file():
-            lines += ["", "![learning curve: loss and validation Dice against steps and wall time](learning_curve.png)"]
+            lines += ["", f"![{CURVE_ALT}](learning_curve.png)"]
     if notes:
         lines += ["", notes]
     lines += ["", "## Not for", NOT_FOR, "", "## Evaluation"]
@@ -287,7 +288,8 @@ def model_card(weights_dir: Path, report: dict | None, *, notes: str = "") -> st
 def kept_notes(card: str) -> str:
     """The free text of a card's Training section (what follows the facts' bullet list): kept when regenerating."""
     body = next((b for h, b in sections(card) if h == "Training"), "")
-    return "\n".join(line for line in body.splitlines() if not line.startswith("- ")).strip()
+    facts = ("- ", f"![{CURVE_ALT}]")  # the bullet list and the learning curve are written from the run's files
+    return "\n".join(line for line in body.splitlines() if not line.startswith(facts)).strip()
 
 
 def write_card(weights_dir: str | Path, report_json: str | Path | None = None, *, notes: str | None = None) -> Path:

@@ -7,7 +7,8 @@
 NAME is an offered model (its bundled folder is published; `--repo` defaults to its catalogued repo)
 or a weights folder. Nothing is uploaded unless the weights load strictly and the model card carries
 a `model-index` whose results are those of the evaluation.json beside it (`python -m train.card`
-writes both). The commit holds config.json, model.safetensors and README.md (the card); its id is
+writes both). The commit holds config.json, model.safetensors and README.md (the card), and the
+learning curve the card shows (learning_curve.png) where the folder has one; its id is
 printed and, for an offered model, written into the catalogue as the revision to load (`--no-pin`
 leaves the catalogue as it is). Log in first with `hf auth login` (or set HF_TOKEN).
 """
@@ -28,6 +29,12 @@ from . import card as cards
 from .data import command_main
 
 FILES = (hub.CONFIG_NAME, hub.WEIGHTS_NAME, hub.CARD_NAME)  # exactly what a model repo needs to load and to read
+PICTURES = ("learning_curve.png",)  # uploaded too where the folder has them: the card embeds the learning curve
+
+
+def published_files(folder: Path) -> list[str]:
+    """What one commit of `folder` holds: the three files, and the card's pictures that are there."""
+    return [*FILES, *(p for p in PICTURES if (folder / p).is_file())]
 
 
 class PublishError(MedCondDiffError):
@@ -114,7 +121,7 @@ def _size(n: int) -> str:
 def describe(release: Release, repo: str, revision: str, *, pin: bool) -> str:
     """What `publish` would do, file by file (the --dry-run listing)."""
     lines = [f"would create (if missing) the model repo {repo} and make one commit on {revision}:"]
-    for name in FILES:
+    for name in published_files(release.folder):
         extra = ""
         if name == hub.CARD_NAME:
             splits = sorted({r.dataset_split for r in release.results})
@@ -133,7 +140,10 @@ def upload(release: Release, repo: str, *, revision: str = "main", private: bool
 
     name = release.model.name if release.model else release.folder.name
     message = f"MedCondDiff {name}: config.json, model.safetensors and the model card with its results"
-    operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(release.folder / f)) for f in FILES]
+    operations = [
+        CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(release.folder / f))
+        for f in published_files(release.folder)
+    ]
     api = HfApi()
     try:
         api.create_repo(repo, repo_type="model", exist_ok=True, private=private)
