@@ -55,10 +55,11 @@ ARMS: dict[str, list[str]] = {
     "t_high": ["train.t_power=3"],
     # the recycling round (Fu et al., MELBA 2024): today's best recipe, with and without recycling, and the
     # same network as a one-pass segmenter: the number the diffusion steps have to beat
-    "best_today": ["model.mask_scale=0.2", "train.t_power=3"],
+    # recycle "off" said outright: a shipped config may recycle already (kvasir_demo.toml adopted it)
+    "best_today": ["model.mask_scale=0.2", "train.t_power=3", 'train.recycle="off"'],
     "recycle": ["model.mask_scale=0.2", "train.t_power=3", 'train.recycle="from_noise"'],
     "recycle_next": ["model.mask_scale=0.2", "train.t_power=3", 'train.recycle="from_next"'],
-    "plain": ['train.objective="segmenter"'],
+    "plain": ['train.objective="segmenter"', 'train.recycle="off"'],
 }
 ROUNDS = {
     "recipes": ["today", "self_cond", "scale_0.5", "scale_0.2", "t_high"],
