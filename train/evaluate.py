@@ -191,7 +191,7 @@ def evaluate(
     """Run the pipeline on every case (or one part of `data.split_file`) and compute the metrics."""
     found = D.find_cases(data.root, data)
     if split:
-        if not data.split_file:
+        if not data.split_file and not data.sources:  # with sources, each folder has its own split
             raise SystemExit("--split needs a split file (data.split_file in the training config)")
         found = D.split_cases(found, data, part=split)
     if cases:
