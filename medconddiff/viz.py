@@ -390,6 +390,15 @@ def trajectory_picture(
 NOT_SCORED = "–"  # a class in neither the prediction nor the truth: no Dice, left out of the mean
 
 
+def _class_list(classes: tuple[int, ...]) -> str:
+    """(1, 2, 3, 4) -> "classes 1-4"; (1, 3, 4) -> "classes 1, 3, 4"; (3,) -> "class 3"."""
+    if len(classes) == 1:
+        return f"class {classes[0]}"
+    if len(classes) > 2 and list(classes) == list(range(classes[0], classes[-1] + 1)):
+        return f"classes {classes[0]}-{classes[-1]}"
+    return "classes " + ", ".join(map(str, classes))
+
+
 def dice_table(labels: np.ndarray, truth: np.ndarray, class_names: list[str], *, unit: str = "px") -> str:
     """A Markdown table of Dice per class (and per BraTS region for BraTS models) of `labels` against `truth`.
 
@@ -409,7 +418,15 @@ def dice_table(labels: np.ndarray, truth: np.ndarray, class_names: list[str], *,
     if s["regions"]:
         lines += ["", "| BraTS region | Dice |", "|---|---|"]
         lines += [f"| {name} | {fmt(d)} |" for name, d in s["regions"]]
-        lines.append("\nWT whole tumour (classes 1-4), TC tumour core (1, 3, 4), ET enhancing tumour (4).")
+        which = metrics.regions_for(class_names)  # the model's own classes: five (2015) or four (2017+)
+        lines.append(
+            "\n"
+            + ", ".join(
+                f"{name} {title} ({_class_list(which[name])})"
+                for name, title in (("WT", "whole tumour"), ("TC", "tumour core"), ("ET", "enhancing tumour"))
+            )
+            + "."
+        )
     if s["absent"]:
         lines.append(
             f"\n{NOT_SCORED}: in neither the prediction nor the truth (nothing to score); "

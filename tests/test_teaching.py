@@ -61,6 +61,10 @@ def test_brats_regions_follow_the_class_names_and_match_metrics():
     table = viz.dice_table(pred, truth, BRATS_NAMES)
     assert "| WT |" in table and "| ET |" in table
     assert "BraTS region" not in viz.dice_table(pred, truth, ["background", "a", "b", "c", "d"])
+    assert "WT whole tumour (classes 1-4), TC tumour core (classes 1, 3, 4), ET enhancing tumour (class 4)." in table
+    four = ["background", "necrotic / non-enhancing core", "oedema", "enhancing tumour"]  # 2017+ classes
+    merged = viz.dice_table(pred % 4, truth % 4, four)
+    assert "WT whole tumour (classes 1-3), TC tumour core (classes 1, 3), ET enhancing tumour (class 3)." in merged
     empty = np.zeros((8, 8), np.int64)
     assert dict(metrics.scored(empty, empty, BRATS_NAMES)["regions"])["WT"] is None
     assert metrics.scored(empty, empty, BRATS_NAMES)["mean"] is None
@@ -192,7 +196,11 @@ def test_volume_run_with_truth_gives_volume_level_dice(app):
     pred = np.asarray(nib.load(path).dataobj).astype(np.int64)
     truth = np.asarray(nib.load(str(SLAB_SEG)).dataobj).astype(np.int64)
     assert "Volume-level Dice" in note
-    for name, labels in metrics.BRATS_REGIONS.items():  # the numbers are metrics' on the whole volume
+    from medconddiff import hub
+
+    regions = metrics.regions_for(hub.load_model("brats-demo").config.class_names)  # the model's own classes
+    assert regions
+    for name, labels in regions.items():  # the numbers are metrics' on the whole volume
         assert f"| {name} | {metrics.dice(np.isin(pred, labels), np.isin(truth, labels)):.3f} |" in note
     oedema = metrics.dice(pred == 2, truth == 2)
     assert f"| oedema | {oedema:.3f} | {(pred == 2).sum()} | {(truth == 2).sum()} |" in note

@@ -78,10 +78,22 @@ def data_settings(args, weights_dir: Path, config) -> D.DataSettings:
                 picked.append(src)
             elif root in target.parents:
                 picked.append({**src, "root": str(args.data), "train_cases": None, "val_cases": None})
+        if not picked:  # another folder (a user's own copy): the first folder's file names that find cases there
+            if not target.is_dir():
+                raise D.DataError(f"data folder {args.data} not found")
+            for src in data.sources:
+                entry = {**src, "root": str(args.data), "train_cases": None, "val_cases": None, "split_file": None}
+                try:
+                    if D.find_cases(str(args.data), dataclasses.replace(data, sources=[entry])):
+                        picked = [entry]
+                        break
+                except D.DataError:
+                    continue
         if not picked:
             roots = ", ".join(str(s["root"]) for s in data.sources)
             raise D.DataError(
-                f"--data {args.data} is none of the config's data folders; accepted: {roots} or a folder in one"
+                f"--data {args.data}: no labelled cases with the file names of any of the model's data folders "
+                f"({roots}); accepted: one of those folders, a folder in one, or a folder of cases named as in one"
             )
         return dataclasses.replace(data, sources=picked)
     return dataclasses.replace(data, root=str(args.data), train_cases=None, val_cases=None)
@@ -214,14 +226,19 @@ def evaluate(
             a, b = data.val_range
             pred, truth = pred[..., a:b], truth[..., a:b]  # only the held-out block of slices
         per_case[case.name] = metrics.evaluate_case(pred, truth, k, spacing=scan.spacing, regions=regions)
+    # a config with several data folders: the report names the folder(s) scored and their own split files
+    root, split_file = data.root, data.split_file
+    if data.sources:
+        root = ", ".join(str(src["root"]) for src in data.sources)
+        split_file = ", ".join(str(src["split_file"]) for src in data.sources if src.get("split_file")) or None
     return {
         "class_names": list(model.config.class_names),
         "settings": dataclasses.asdict(settings),
         "precision": precision,
         "data": {
-            "root": data.root,
+            "root": root,
             "layout": data.layout,
-            "split": {"file": data.split_file, "part": split} if split else None,
+            "split": {"file": split_file, "part": split} if split else None,
             "val_range_only": data.val_range if data.layout == "single" else None,
         },
         "cases": per_case,
