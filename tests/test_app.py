@@ -183,7 +183,7 @@ def test_sampling_streams_every_step_then_fills_both_views(app, brats):
     for key in (app.consensus_image, app.uncertainty_image, app.trajectory_plot):
         assert _png(final[key]).ndim == 3
     assert _png(final[app.consensus_image]).shape[:2] == (240, 240)  # at the image's resolution
-    assert "necrosis" in final[app.legend] and "| oedema |" in final[app.dice_table]
+    assert "necrotic" in final[app.legend] and "| oedema |" in final[app.dice_table]
     assert "Done:" in final[app.status] and f"on CPU ({run.result.precision})." in final[app.status]
     mask_png, gif = final[app.exports]
     np.testing.assert_array_equal(_png(mask_png), run.result.labels)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BRATS = REPO / "train" / "configs" / "brats_demo.toml"
+BRATS = REPO / "train" / "configs" / "brats2015.toml"
 ACDC = REPO / "train" / "configs" / "acdc_demo.toml"
 KVASIR = REPO / "train" / "configs" / "kvasir_demo.toml"
 

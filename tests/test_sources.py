@@ -102,9 +102,53 @@ def test_the_combined_brats_config_finds_both_copies(shared_data):
         pytest.skip("brats2015 / brats2018 not in ../shared/data")
     from train.train import load_run_config
 
-    data = load_run_config(Path(__file__).parent.parent / "train/configs/brats_combined.toml", []).data
+    data = load_run_config(Path(__file__).parent.parent / "train/configs/brats_demo.toml", []).data
     cases = D.find_cases(data.root, data)
     train, val = D.split_cases(cases, data)
     test = D.split_cases(cases, data, part="test")
     assert (len(cases), len(train), len(val)) == (18, 12, 4)
     assert [c.name for c in test] == ["Brats18_2013_3_1", "Brats18_CBICA_AME_1"]
+
+
+def test_an_evaluation_of_one_source_names_that_folder_and_its_split_file(two_copies, tiny_model):
+    """`train.evaluate --data NEW --split test` with a several-folder config: the report (and so the card)
+    says the cases came from NEW's test part, not from the config's first folder."""
+    from medconddiff.pipeline import SamplingSettings
+    from train import card
+    from train import evaluate as E
+
+    picked = [s for s in two_copies["settings"].sources if s["root"] == str(two_copies["new"])]  # as --data NEW picks
+    data = D.DataSettings(root="", layout="brats", sources=picked)
+    report = E.evaluate(tiny_model, data, SamplingSettings(steps=1), split="test", progress=False)
+    assert list(report["cases"]) == ["B18_c"]
+    assert report["data"]["root"] == str(two_copies["new"])
+    assert report["data"]["split"] == {"file": str(two_copies["new"] / "splits.json"), "part": "test"}
+    assert card.report_split(report) == "test"
+
+
+def test_evaluating_a_users_own_copy_uses_the_matching_folders_file_names(two_copies, tmp_path):
+    """Weights trained on several folders (training.json's `sources`) evaluate a folder outside them that
+    holds cases named as in one of them; a missing folder or one with no such cases is a clear error."""
+    import argparse
+    import dataclasses
+    import shutil
+
+    from train import evaluate as E
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "training.json").write_text(json.dumps({"data": dataclasses.asdict(two_copies["settings"])}))
+    own = tmp_path / "mine"
+    shutil.copytree(two_copies["new"] / "B18_c", own / "B18_c")
+
+    def settings(folder):
+        return E.data_settings(argparse.Namespace(config=None, data=str(folder)), weights, None)
+
+    data = settings(own)
+    assert [c.name for c in D.find_cases(data.root, data)] == ["B18_c"]
+    assert set(np.unique(D.read_labels(D.find_cases(data.root, data)[0], data))) == {0, 1, 2, 3}  # 4 -> 3
+    with pytest.raises(D.DataError, match="not found"):
+        settings(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(D.DataError, match="no labelled cases with the file names"):
+        settings(tmp_path / "empty")

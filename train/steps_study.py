@@ -45,7 +45,7 @@ PICK = {"steps": 10, "ensemble": 1, "sampler": "ddim"}  # the setting that ranks
 CONFIGS = {"kvasir": "train/configs/study_steps_kvasir.toml", "brats": "train/configs/study_steps_brats.toml"}
 # the recycling round trains at the shipped models' size with their own recipes (augmentation included); for
 # BraTS the recipe of the model trained on both copies (2015 + 2018), whose recipe the round decides
-SHIPPED_CONFIGS = {"kvasir": "train/configs/kvasir_demo.toml", "brats": "train/configs/brats_combined.toml"}
+SHIPPED_CONFIGS = {"kvasir": "train/configs/kvasir_demo.toml", "brats": "train/configs/brats_demo.toml"}
 # arm -> overrides of the base config; the factors the combination draws from are named in FACTORS
 ARMS: dict[str, list[str]] = {
     "today": [],

@@ -28,6 +28,9 @@ from medconddiff.io import window_to_display  # noqa: E402
 BRATS_SLICES = [("brats_2013_pat0003_1", 80), ("brats_2013_pat0003_1", 88), ("brats_2013_pat0004_1", 96)]
 BRATS_SLAB = ("brats_2013_pat0004_1", 93)  # first of 6 slices through the tumour
 BRATS_MODALITIES = {"flair": "Flair_subtrMeanDivStd.nii.gz", "t1c": "T1c_subtrMeanDivStd.nii.gz"}
+# the shipped BraTS model predicts the BraTS 2017+ classes: 2015's labels 1 (necrosis) and 3 (non-enhancing
+# tumour) are both class 1, oedema stays 2, enhancing tumour (label 4) is class 3
+BRATS_LABELS = np.array([0, 1, 2, 1, 3], np.uint8)
 Z_RANGE = (-3.0, 6.0)  # z-scores are clipped to this range before mapping brain pixels to 1..255
 CT_SLICES = [88, 96]
 CT_SLAB = 90  # first of 6 slices: liver, kidneys, spleen and pancreas all present
@@ -75,7 +78,7 @@ def make_brats(root: Path) -> None:
             vol = nib.load(str(folder / file))
             save_png(display(mri_to_uint8(np.asarray(vol.dataobj)[..., z], brain)), HERE / f"{stem}_{name}.png")
         seg = np.asarray(nib.load(str(folder / "OTMultiClass.nii.gz")).dataobj)[..., z]
-        save_png(display(np.rint(seg)), HERE / f"{stem}_seg.png")
+        save_png(display(BRATS_LABELS[np.rint(seg).astype(np.int64)]), HERE / f"{stem}_seg.png")
     patient, z0 = BRATS_SLAB
     folder = root / "brats2015" / "validation" / patient
     for name, file in {**BRATS_MODALITIES, "seg": "OTMultiClass.nii.gz"}.items():
@@ -83,7 +86,7 @@ def make_brats(root: Path) -> None:
         dtype = np.uint8 if name == "seg" else np.float32
         data = np.asarray(vol.dataobj)
         save_slab(
-            np.rint(data) if name == "seg" else data,
+            BRATS_LABELS[np.rint(data).astype(np.int64)] if name == "seg" else data,
             vol.affine,
             z0,
             HERE / f"brats_{short(patient)}_slab_{name}.nii.gz",

@@ -63,7 +63,7 @@ def _shots(page, shots: dict[str, str]) -> None:
 
 
 def test_ensemble_run_teaching_views(page, tmp_path):
-    """BraTS example, truth without necrosis and non-enhancing tumour, E = 4: every new view, in one run."""
+    """BraTS example, truth without the tumour core and enhancing tumour, E = 4: every new view, in one run."""
     truth = np.asarray(Image.open(SEG)).copy()
     truth[np.isin(truth, (1, 3))] = 2  # classes 1 and 3 only where the model may still put them
     edited = tmp_path / "truth_without_1_3.png"
@@ -122,8 +122,13 @@ def test_ensemble_run_teaching_views(page, tmp_path):
 
     # scores: a class in neither map shows "–"; BraTS regions; the uncertainty map's scale
     dice = page.locator("#dice").inner_text()
-    assert re.search(r"(necrosis|non-enhancing tumour)\s+–\s+0\s+0", dice), dice
-    assert "WT" in dice and "left out of the mean" in dice
+    absent = 0
+    for name in ("necrotic / non-enhancing core", "enhancing tumour"):  # in no truth: "–" or 0 where predicted
+        row = re.search(rf"\n{re.escape(name)}\s+(–|\d\.\d{{3}})\s+(\d+)\s+(\d+)", dice)
+        assert row and row[3] == "0", dice
+        assert row[1] == ("–" if row[2] == "0" else "0.000"), dice
+        absent += row[1] == "–"
+    assert "WT" in dice and ("left out of the mean" in dice) == (absent > 0), dice
     assert "disagreement: 0 to" in page.locator("#colourbar").inner_text()
     _shots(page, {"timestep_view": "#timestep-view", "consensus_view": "#consensus-view", "forward_view": "#forward-view"})  # fmt: skip
 
