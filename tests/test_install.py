@@ -90,6 +90,14 @@ def test_editable_install_segments_nifti_and_png_from_anywhere(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, system_site_packages=True, with_pip=False)
     python = str(env_dir / "bin" / "python")
+    # "the system's packages" are those of the environment running the tests (a venv's own site-packages
+    # are not the base interpreter's): a .pth file puts them on the new venv's path
+    import sysconfig
+
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    Path(site, "_outer_env.pth").write_text("\n".join(paths) + "\n")
     _pip(python, "-e", str(src), cwd=tmp_path)
     work = tmp_path / "elsewhere"
     work.mkdir()
