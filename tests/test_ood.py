@@ -162,3 +162,16 @@ def test_the_rates_study_checks_a_fixed_scale_ct_model_at_each_slice_pixel_size(
     assert len(slices) == 4 and all(mm == pytest.approx(3.0, abs=0.1) for mm in spacings)
     counts = ood_rates.rates(model, slices, kind, spacings)
     assert counts["slices"] == 4 and counts["flagged"] == 0
+
+
+def test_the_rates_study_takes_a_several_folder_models_own_part_from_its_first_folder(shared_data):
+    """brats-demo learnt from BraTS 2015 and 2018 (`data.sources`): its own held-out slices are the BraTS
+    2015 validation patients, with that folder's file names, not every case of every folder."""
+    from medconddiff import hub
+    from train import data as D
+    from train import ood_rates
+
+    folder, data, part = ood_rates.own_part(hub.resolve("brats-demo"), shared_data)
+    assert (folder, part) == ("brats2015", "val") and data.sources is None
+    cases = D.split_cases(D.find_cases(data.root, data), data, part="val")
+    assert [c.name for c in cases] == ["brats_2013_pat0003_1", "brats_2013_pat0004_1"]

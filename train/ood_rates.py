@@ -64,6 +64,8 @@ def own_part(weights: Path, data_root: Path) -> tuple[str | None, D.DataSettings
     if not path.is_file() or "data" not in json.loads(path.read_text()):
         return None, None, ""
     data = D.DataSettings(**json.loads(path.read_text())["data"])
+    if data.sources:  # several folders (BraTS 2015 + 2018): the first one's held-out part, in its own column
+        data = D.sources_of(data)[0]
     folder = Path(data.root).name
     data = replace(data, root=str(data_root / folder))
     if data.split_file and not Path(data.split_file).is_absolute():
