@@ -46,3 +46,31 @@ def test_evaluate_reports_fp32_by_default_and_the_precision_asked_for(tmp_path, 
     err = capfd.readouterr().err.strip()
     assert err.startswith("error:") and "fp8" in err and all(p in err for p in ("auto", "fp32", "bf16"))
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_a_photograph_larger_than_the_model_reads_is_scored_at_its_own_size(tmp_path):
+    """A picture over 4x the model's size is reduced as it is read; its prediction comes back to the file's
+    size (as the app and the command line give it) before it meets the full-size mask: it was a shape error."""
+    if "kvasir-demo" not in hub.bundled_models():
+        pytest.skip("kvasir-demo weights are not bundled")
+    from medconddiff import metrics
+    from medconddiff.pipeline import SamplingSettings, load_case
+    from train.evaluate import main as evaluate
+    from train.evaluate import predict_case
+
+    data = _kvasir_folder(tmp_path)
+    for name in ("cju0roaw", "cju0s2a9"):  # 700 px: more than 4 x 128, the size the model reads at most
+        for sub, resample in (("images", Image.BICUBIC), ("masks", Image.NEAREST)):
+            path = data / sub / f"{name}.jpg"
+            Image.open(path).resize((700, 700), resample).save(path, quality=100)
+    out = tmp_path / "big.json"
+    common = ["--weights", "kvasir-demo", "--data", str(data), "--steps", "1", "--ensemble", "1", "--no-progress"]
+    assert evaluate([*common, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    model = hub.load_model("kvasir-demo")
+    scan = load_case([data / "images" / "cju0roaw.jpg"], model.config)
+    assert scan.data.shape[1:] != (700, 700)  # reduced as it was read
+    pred = scan.to_source(predict_case(model, scan, SamplingSettings(steps=1, ensemble=1)))
+    truth = (np.asarray(Image.open(data / "masks" / "cju0roaw.jpg").convert("L")) > 127).astype(np.int64)
+    assert pred.shape == truth.shape == (700, 700)
+    assert report["cases"]["cju0roaw"]["dice"][1] == pytest.approx(metrics.per_class(pred, truth, 2)["dice"][1])

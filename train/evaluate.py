@@ -222,6 +222,8 @@ def evaluate(
         t0 = time.time()
         pred = predict_case(model, scan, settings, batch_size=batch_size, progress=progress, precision=precision)
         seconds.append(time.time() - t0)
+        if not scan.is_volume:  # a large picture reduced as it was read: scored on the file's own size
+            pred = scan.to_source(pred)
         if data.layout == "single" and data.val_range:
             a, b = data.val_range
             pred, truth = pred[..., a:b], truth[..., a:b]  # only the held-out block of slices
