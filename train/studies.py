@@ -5,6 +5,7 @@
     python -m train.studies steps --dataset kvasir   # training recipes: do later steps refine the mask?
     python -m train.studies ct-scale --weights A B   # CT models at 3 mm, at 0.73 mm, with contrast-like +80 HU
     python -m train.studies precision   # the same training in fp32 and under bf16 autocast: same result?
+    python -m train.studies size        # the same training at 128 and 192 px: which image size, on validation?
 
 Both evaluate on the BraTS validation patients through the shared pipeline and write JSON + Markdown
 into runs/studies/.
@@ -152,6 +153,14 @@ def _machine_line() -> str:
     return f"{cpu.strip()}, {os.cpu_count()} cores, {bf16}"
 
 
+def _train_arm(config: str, run_dir: Path, sets: list[str], *, steps: int, val_every: int) -> None:
+    """Train one arm of a study unless its weights are already there (a rerun only redraws the report)."""
+    if (run_dir / "weights" / "model.safetensors").is_file():
+        return
+    sets = [*sets, f"train.steps={steps}", f"train.val_every={val_every}", f"train.ckpt_every={val_every}"]
+    T.run(["--config", config, "--out", str(run_dir), "--no-progress", *[a for x in sets for a in ("--set", x)]])
+
+
 def study_precision(args) -> dict:
     """Train one config twice, fp32 and bf16 autocast (same seed, data and steps); compare the curves."""
     from . import plot
@@ -160,19 +169,13 @@ def study_precision(args) -> dict:
     arms = {}
     for precision in ("fp32", "bf16"):
         run_dir = out / f"precision_{precision}"
-        if not (run_dir / "weights" / "model.safetensors").is_file():
-            sets = [f"train.precision={json.dumps(precision)}", f"train.steps={args.steps}"]
-            sets += [f"train.val_every={args.val_every}", f"train.ckpt_every={args.steps}"]
-            T.run(
-                [
-                    "--config",
-                    args.config,
-                    "--out",
-                    str(run_dir),
-                    "--no-progress",
-                    *[a for x in sets for a in ("--set", x)],
-                ]
-            )
+        _train_arm(
+            args.config,
+            run_dir,
+            [f"train.precision={json.dumps(precision)}"],
+            steps=args.steps,
+            val_every=args.val_every,
+        )
         train, val = plot.read(run_dir)
         info = json.loads((run_dir / "weights" / "training.json").read_text())
         arms[precision] = {
@@ -232,6 +235,104 @@ def study_precision(args) -> dict:
     return result
 
 
+def study_size(args) -> dict:
+    """Train one config at several image sizes (same seed, data order and steps); score each on the
+    validation split at the images' own resolution, overall and by polyp (foreground) size."""
+    from . import plot
+
+    out, docs = Path(args.out), Path(args.docs)
+    stem = Path(args.config).stem
+    arms, reports = {}, {}
+    for size in args.sizes:
+        run_dir = out / f"size_{stem}_{size}"
+        sets = [*args.set, f"model.image_size={size}"]
+        _train_arm(args.config, run_dir, sets, steps=args.steps, val_every=args.val_every)
+        _, val = plot.read(run_dir)
+        info = json.loads((run_dir / "weights" / "training.json").read_text())
+        model = load_model(run_dir / "weights")
+        data = D.DataSettings(**info["data"])
+        reports[size] = E.evaluate(
+            model, data, SamplingSettings.defaults_for(model.config), split="val", progress=False
+        )
+        tail = [r["dice_fg_mean"] for r in val if r["step"] >= 0.8 * args.steps]
+        arms[size] = {
+            "run": str(run_dir),
+            "wall_minutes": info["wall_minutes"],
+            "precision": info["precision"],
+            "threads": info.get("threads"),
+            "curve": [{"step": r["step"], "wall_s": r["wall_s"], "dice": r["dice_fg_mean"]} for r in val],
+            "last_20pct_gain": (tail[-1] - tail[0]) if len(tail) > 1 else None,
+            "val_dice": reports[size]["mean"]["dice_mean"]["foreground"],
+            "seconds_per_image": reports[size]["seconds_per_case"],
+        }
+    # the validation images in three equal groups by the share of the image the foreground covers
+    data = D.DataSettings(
+        **json.loads((Path(arms[args.sizes[0]]["run"]) / "weights" / "training.json").read_text())["data"]
+    )
+    names = list(reports[args.sizes[0]]["cases"])
+    share = {
+        c.name: float((D.read_labels(c, data) > 0).mean())
+        for c in D.split_cases(D.find_cases(data.root, data), data, part="val")
+    }
+    order = sorted(names, key=lambda n: share[n])
+    groups = {"smallest third": order[: len(order) // 3], "middle third": order[len(order) // 3 : 2 * len(order) // 3]}
+    groups["largest third"] = order[2 * len(order) // 3 :]
+    fg = lambda case: float(np.mean(case["dice"][1:]))  # noqa: E731 - mean foreground Dice of one image
+    for size, arm in arms.items():
+        arm["by_size"] = {g: float(np.mean([fg(reports[size]["cases"][n]) for n in ns])) for g, ns in groups.items()}
+    bounds = {g: (share[ns[0]], share[ns[-1]]) for g, ns in groups.items()}
+    command = (
+        f"python -m train.studies size --config {args.config} --sizes {' '.join(map(str, args.sizes))} "
+        f"--steps {args.steps} --val-every {args.val_every}" + "".join(f" --set {x}" for x in args.set)
+    )
+    result = {
+        "command": command,
+        "config": args.config,
+        "steps": args.steps,
+        "machine": _machine_line(),
+        "val_images": len(names),
+        "groups": {g: list(b) for g, b in bounds.items()},
+        "arms": arms,
+    }
+    docs.mkdir(parents=True, exist_ok=True)
+    figure = f"size_{stem}.png"
+    plot.draw([arms[s]["run"] for s in args.sizes], docs / figure, labels=[f"{s} px" for s in args.sizes])
+    sizes = args.sizes
+    lines = [
+        f"# Image size: {stem} trained at {', '.join(f'{s} px' for s in sizes)}",
+        "",
+        f"Command: `{command}` (same config, seed, data order and steps; only `model.image_size` differs). "
+        f"Machine: {result['machine']}; training at {arms[sizes[0]]['precision']}. Scored on the validation split "
+        f"({len(names)} images) at each image's own resolution, with the config's sampling defaults, in fp32 "
+        "(`train.evaluate`); the test split is not looked at.",
+        "",
+        "| image size | training wall time | validation Dice (per image) | "
+        + " | ".join(f"{g} ({bounds[g][0]:.1%}-{bounds[g][1]:.1%} of the image)" for g in groups)
+        + " | last 20% of the steps (model-grid validation) | s per image |",
+        "|---|---|---|" + "---|" * len(groups) + "---|---|",
+    ]
+    for s in sizes:
+        a = arms[s]
+        gain = "n/a" if a["last_20pct_gain"] is None else f"{a['last_20pct_gain']:+.3f}"
+        lines.append(
+            f"| {s} px | {a['wall_minutes']:.1f} min | {a['val_dice']:.3f} | "
+            + " | ".join(f"{a['by_size'][g]:.3f}" for g in groups)
+            + f" | {gain} | {a['seconds_per_image']:.2f} |"
+        )
+    best = max(sizes, key=lambda s: arms[s]["val_dice"])
+    lines += [
+        "",
+        f"Best on validation: {best} px. The curves below are the training runs' own validation (pooled Dice on "
+        "the model's grid, a quicker number than the table's), against steps and against wall time.",
+        "",
+        f"![loss and validation Dice of every arm]({figure})",
+    ]
+    (docs / f"size_{stem}.md").write_text("\n".join(lines) + "\n")
+    (docs / f"size_{stem}.json").write_text(json.dumps(result, indent=1))
+    print("\n".join(lines))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.studies", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="study", required=True)
@@ -259,7 +360,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--out", default="runs/studies")
     p.add_argument("--docs", default="docs/studies")
+    z = sub.add_parser("size", help="the same training at several image sizes, scored on validation")
+    z.add_argument("--config", default="train/configs/kvasir_demo.toml")
+    z.add_argument("--sizes", type=int, nargs="+", default=[128, 192])
+    z.add_argument("--steps", type=int, default=2400)
+    z.add_argument("--val-every", type=int, default=400)
+    z.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for every arm")
+    z.add_argument("--out", default="runs/studies")
+    z.add_argument("--docs", default="docs/studies")
     args = ap.parse_args(argv)
+    if args.study == "size":
+        study_size(args)
+        return 0
     if args.study == "precision":
         study_precision(args)
         return 0
