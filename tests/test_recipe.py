@@ -240,26 +240,33 @@ def test_the_recycling_round_trains_measures_and_draws_each_arm(shared_data, tmp
     assert "| plain |" in text and "| recycle |" in text and "steps_recycling_kvasir_tiny_plain.png" in text
 
 
-def test_the_size_study_trains_each_size_and_scores_it_by_polyp_size(shared_data, tmp_path):
-    """`studies size`: one run per image size (the override reaches the weights), each scored on validation
-    at the images' own resolution, overall and in three groups by how much of the image the polyp covers."""
+def test_the_size_study_trains_each_arm_and_scores_it_by_polyp_size(shared_data, tmp_path):
+    """`studies size`: one run per (image size, steps) arm, the size reaching the weights, each scored on
+    validation at the images' own resolution, overall and in three groups by how much of the image the polyp
+    covers; one --steps value serves every size, or one per size."""
     if not (shared_data / "kvasir-seg").is_dir():
         pytest.skip("kvasir-seg not in ../shared/data")
     from train import studies
 
+    assert studies.size_arms([128, 192], [2400]) == [(128, 2400), (192, 2400)]
+    with pytest.raises(SystemExit, match="one value or one per size"):
+        studies.size_arms([128, 192, 256], [1, 2])
     sets = ["train.batch_size=2", "train.warmup=1", "data.split_file=tests/data/tiny_split_kvasir.json"]
     docs = tmp_path / "docs"
-    argv = ["size", "--sizes", "32", "64", "--steps", "2", "--val-every", "1", "--out", str(tmp_path / "runs")]
-    studies.main([*argv, "--docs", str(docs), *[a for x in sets for a in ("--set", x)]])
+    argv = ["size", "--sizes", "32", "64", "32", "--steps", "2", "2", "3", "--val-every", "1"]
+    studies.main(
+        [*argv, "--out", str(tmp_path / "runs"), "--docs", str(docs), *[a for x in sets for a in ("--set", x)]]
+    )
     report = json.loads((docs / "size_kvasir_demo.json").read_text())
-    assert list(report["arms"]) == ["32", "64"] and report["val_images"] == 4  # the tiny split's validation part
-    for size in (32, 64):
-        assert load_model(tmp_path / "runs" / f"size_kvasir_demo_{size}" / "weights").config.image_size == size
-        arm = report["arms"][str(size)]
-        assert [r["step"] for r in arm["curve"]] == [1, 2] and 0.0 <= arm["val_dice"] <= 1.0
+    assert list(report["arms"]) == ["32_2", "64_2", "32_3"] and report["val_images"] == 4  # the tiny split's
+    for key, size, steps in (("32_2", 32, 2), ("64_2", 64, 2), ("32_3", 32, 3)):
+        assert load_model(tmp_path / "runs" / f"size_kvasir_demo_{key}" / "weights").config.image_size == size
+        arm = report["arms"][key]
+        assert [r["step"] for r in arm["curve"]] == list(range(1, steps + 1)) and 0.0 <= arm["val_dice"] <= 1.0
         assert set(arm["by_size"]) == {"smallest third", "middle third", "largest third"}
     small, large = report["groups"]["smallest third"], report["groups"]["largest third"]
     assert small[0] <= small[1] <= large[0] <= large[1]
     text = (docs / "size_kvasir_demo.md").read_text()
-    assert "| 32 px |" in text and "| 64 px |" in text and "size_kvasir_demo.png" in text
+    assert all(f"| {a} |" in text for a in ("32 px, 2 steps", "64 px, 2 steps", "32 px, 3 steps"))
+    assert "Best on validation:" in text and "size_kvasir_demo.png" in text
     assert (docs / "size_kvasir_demo.png").stat().st_size > 10_000

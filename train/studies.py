@@ -235,60 +235,73 @@ def study_precision(args) -> dict:
     return result
 
 
+def size_arms(sizes: list[int], steps: list[int]) -> list[tuple[int, int]]:
+    """--sizes and --steps -> (image size, steps) per arm: one steps value serves every size."""
+    if len(steps) == 1:
+        steps = steps * len(sizes)
+    if len(steps) != len(sizes):
+        raise SystemExit(f"--steps: give one value or one per size ({len(sizes)}), got {len(steps)}")
+    return list(zip(sizes, steps, strict=True))
+
+
 def study_size(args) -> dict:
-    """Train one config at several image sizes (same seed, data order and steps); score each on the
-    validation split at the images' own resolution, overall and by polyp (foreground) size."""
+    """Train one config at several image sizes (same seed and data order; the same steps, or more steps for
+    a smaller size at about the same wall time); score each arm on the validation split at the images' own
+    resolution, overall and in three groups by how much of the image the foreground (the polyp) covers."""
     from . import plot
 
     out, docs = Path(args.out), Path(args.docs)
     stem = Path(args.config).stem
     arms, reports = {}, {}
-    for size in args.sizes:
-        run_dir = out / f"size_{stem}_{size}"
+    for size, steps in size_arms(args.sizes, args.steps):
+        key = f"{size}_{steps}"
+        run_dir = out / f"size_{stem}_{key}"
         sets = [*args.set, f"model.image_size={size}"]
-        _train_arm(args.config, run_dir, sets, steps=args.steps, val_every=args.val_every)
+        _train_arm(args.config, run_dir, sets, steps=steps, val_every=args.val_every)
         _, val = plot.read(run_dir)
         info = json.loads((run_dir / "weights" / "training.json").read_text())
         model = load_model(run_dir / "weights")
         data = D.DataSettings(**info["data"])
-        reports[size] = E.evaluate(
-            model, data, SamplingSettings.defaults_for(model.config), split="val", progress=False
-        )
-        tail = [r["dice_fg_mean"] for r in val if r["step"] >= 0.8 * args.steps]
-        arms[size] = {
+        reports[key] = E.evaluate(model, data, SamplingSettings.defaults_for(model.config), split="val", progress=False)
+        tail = [r["dice_fg_mean"] for r in val if r["step"] >= 0.8 * steps]
+        arms[key] = {
+            "size": size,
+            "steps": steps,
             "run": str(run_dir),
             "wall_minutes": info["wall_minutes"],
             "precision": info["precision"],
             "threads": info.get("threads"),
             "curve": [{"step": r["step"], "wall_s": r["wall_s"], "dice": r["dice_fg_mean"]} for r in val],
             "last_20pct_gain": (tail[-1] - tail[0]) if len(tail) > 1 else None,
-            "val_dice": reports[size]["mean"]["dice_mean"]["foreground"],
-            "seconds_per_image": reports[size]["seconds_per_case"],
+            "val_dice": reports[key]["mean"]["dice_mean"]["foreground"],
+            "seconds_per_image": reports[key]["seconds_per_case"],
         }
-    # the validation images in three equal groups by the share of the image the foreground covers
-    data = D.DataSettings(
-        **json.loads((Path(arms[args.sizes[0]]["run"]) / "weights" / "training.json").read_text())["data"]
-    )
-    names = list(reports[args.sizes[0]]["cases"])
+    first = next(iter(arms.values()))
+    data = D.DataSettings(**json.loads((Path(first["run"]) / "weights" / "training.json").read_text())["data"])
+    names = list(reports[next(iter(arms))]["cases"])
     share = {
         c.name: float((D.read_labels(c, data) > 0).mean())
         for c in D.split_cases(D.find_cases(data.root, data), data, part="val")
     }
     order = sorted(names, key=lambda n: share[n])
-    groups = {"smallest third": order[: len(order) // 3], "middle third": order[len(order) // 3 : 2 * len(order) // 3]}
-    groups["largest third"] = order[2 * len(order) // 3 :]
+    third = len(order) // 3
+    groups = {
+        "smallest third": order[:third],
+        "middle third": order[third : 2 * third],
+        "largest third": order[2 * third :],
+    }
     fg = lambda case: float(np.mean(case["dice"][1:]))  # noqa: E731 - mean foreground Dice of one image
-    for size, arm in arms.items():
-        arm["by_size"] = {g: float(np.mean([fg(reports[size]["cases"][n]) for n in ns])) for g, ns in groups.items()}
+    for key, arm in arms.items():
+        arm["by_size"] = {g: float(np.mean([fg(reports[key]["cases"][n]) for n in ns])) for g, ns in groups.items()}
     bounds = {g: (share[ns[0]], share[ns[-1]]) for g, ns in groups.items()}
     command = (
         f"python -m train.studies size --config {args.config} --sizes {' '.join(map(str, args.sizes))} "
-        f"--steps {args.steps} --val-every {args.val_every}" + "".join(f" --set {x}" for x in args.set)
+        f"--steps {' '.join(map(str, args.steps))} --val-every {args.val_every}"
+        + "".join(f" --set {x}" for x in args.set)
     )
     result = {
         "command": command,
         "config": args.config,
-        "steps": args.steps,
         "machine": _machine_line(),
         "val_images": len(names),
         "groups": {g: list(b) for g, b in bounds.items()},
@@ -296,34 +309,38 @@ def study_size(args) -> dict:
     }
     docs.mkdir(parents=True, exist_ok=True)
     figure = f"size_{stem}.png"
-    plot.draw([arms[s]["run"] for s in args.sizes], docs / figure, labels=[f"{s} px" for s in args.sizes])
-    sizes = args.sizes
+    label = lambda a: f"{a['size']} px, {a['steps']} steps"  # noqa: E731
+    plot.draw([a["run"] for a in arms.values()], docs / figure, labels=[label(a) for a in arms.values()])
     lines = [
-        f"# Image size: {stem} trained at {', '.join(f'{s} px' for s in sizes)}",
+        f"# Image size: {stem} at {', '.join(label(a) for a in arms.values())}",
         "",
-        f"Command: `{command}` (same config, seed, data order and steps; only `model.image_size` differs). "
-        f"Machine: {result['machine']}; training at {arms[sizes[0]]['precision']}. Scored on the validation split "
-        f"({len(names)} images) at each image's own resolution, with the config's sampling defaults, in fp32 "
-        "(`train.evaluate`); the test split is not looked at.",
+        f"Command: `{command}` (same config, seed and data order; only `model.image_size` and the number of steps "
+        f"differ). Machine: {result['machine']}; training at {first['precision']} on {first['threads']} thread(s). "
+        f"Scored on the validation split ({len(names)} images) at each image's own resolution, with the config's "
+        "sampling defaults, in fp32 (`train.evaluate`); the test split is not looked at. The three groups split "
+        "the validation images by how much of the image the polyp covers.",
         "",
-        "| image size | training wall time | validation Dice (per image) | "
-        + " | ".join(f"{g} ({bounds[g][0]:.1%}-{bounds[g][1]:.1%} of the image)" for g in groups)
+        "| arm | training wall time | validation Dice (per image) | "
+        + " | ".join(f"{g} ({bounds[g][0]:.1%}-{bounds[g][1]:.1%})" for g in groups)
         + " | last 20% of the steps (model-grid validation) | s per image |",
         "|---|---|---|" + "---|" * len(groups) + "---|---|",
     ]
-    for s in sizes:
-        a = arms[s]
+    for a in arms.values():
         gain = "n/a" if a["last_20pct_gain"] is None else f"{a['last_20pct_gain']:+.3f}"
         lines.append(
-            f"| {s} px | {a['wall_minutes']:.1f} min | {a['val_dice']:.3f} | "
+            f"| {label(a)} | {a['wall_minutes']:.1f} min | {a['val_dice']:.3f} | "
             + " | ".join(f"{a['by_size'][g]:.3f}" for g in groups)
             + f" | {gain} | {a['seconds_per_image']:.2f} |"
         )
-    best = max(sizes, key=lambda s: arms[s]["val_dice"])
+    ranked = sorted(arms.values(), key=lambda a: -a["val_dice"])
+    verdict = f"Best on validation: {label(ranked[0])} ({ranked[0]['val_dice']:.3f})"
+    if len(ranked) > 1:
+        gap = ranked[0]["val_dice"] - ranked[1]["val_dice"]
+        verdict += f", {gap:.3f} ahead of {label(ranked[1])}" + (" (within 0.005: level)." if gap < 0.005 else ".")
     lines += [
         "",
-        f"Best on validation: {best} px. The curves below are the training runs' own validation (pooled Dice on "
-        "the model's grid, a quicker number than the table's), against steps and against wall time.",
+        verdict + " The curves below are the training runs' own validation (pooled Dice on the model's grid, a "
+        "quicker number than the table's), against steps and against wall time.",
         "",
         f"![loss and validation Dice of every arm]({figure})",
     ]
@@ -363,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     z = sub.add_parser("size", help="the same training at several image sizes, scored on validation")
     z.add_argument("--config", default="train/configs/kvasir_demo.toml")
     z.add_argument("--sizes", type=int, nargs="+", default=[128, 192])
-    z.add_argument("--steps", type=int, default=2400)
+    z.add_argument("--steps", type=int, nargs="+", default=[2400], help="one value, or one per size")
     z.add_argument("--val-every", type=int, default=400)
     z.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for every arm")
     z.add_argument("--out", default="runs/studies")
