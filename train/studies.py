@@ -5,7 +5,7 @@
     python -m train.studies steps --dataset kvasir   # training recipes: do later steps refine the mask?
     python -m train.studies ct-scale --weights A B   # CT models at 3 mm, at 0.73 mm, with contrast-like +80 HU
     python -m train.studies precision   # the same training in fp32 and under bf16 autocast: same result?
-    python -m train.studies size        # the same training at 128 and 192 px: which image size, on validation?
+    python -m train.studies size --sizes 128 192 128 --steps 2400 2400 4800   # image size and steps, on validation
 
 Both evaluate on the BraTS validation patients through the shared pipeline and write JSON + Markdown
 into runs/studies/.
