@@ -254,6 +254,14 @@ def test_the_size_study_trains_each_arm_and_scores_it_by_polyp_size(shared_data,
     sets = ["train.batch_size=2", "train.warmup=1", "data.split_file=tests/data/tiny_split_kvasir.json"]
     docs = tmp_path / "docs"
     argv = ["size", "--sizes", "32", "64", "32", "--steps", "2", "2", "3", "--val-every", "1"]
+    # an arm stopped after its first step (a session's end) is continued from its checkpoint, not restarted
+    from train import train as T
+
+    stopped = tmp_path / "runs" / "size_kvasir_demo_32_2"
+    first = ["model.image_size=32", "train.steps=2", "train.val_every=1", "train.ckpt_every=1"]
+    T.run(["--config", "train/configs/kvasir_demo.toml", "--out", str(stopped), "--no-progress", "--stop-after", "1"]
+          + [a for x in [*sets, *first] for a in ("--set", x)])  # fmt: skip
+    assert not (stopped / "weights").exists()
     studies.main(
         [*argv, "--out", str(tmp_path / "runs"), "--docs", str(docs), *[a for x in sets for a in ("--set", x)]]
     )
@@ -264,6 +272,7 @@ def test_the_size_study_trains_each_arm_and_scores_it_by_polyp_size(shared_data,
         arm = report["arms"][key]
         assert [r["step"] for r in arm["curve"]] == list(range(1, steps + 1)) and 0.0 <= arm["val_dice"] <= 1.0
         assert set(arm["by_size"]) == {"smallest third", "middle third", "largest third"}
+    assert "resumed from" in (stopped / "train.log").read_text()
     small, large = report["groups"]["smallest third"], report["groups"]["largest third"]
     assert small[0] <= small[1] <= large[0] <= large[1]
     text = (docs / "size_kvasir_demo.md").read_text()

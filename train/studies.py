@@ -154,11 +154,13 @@ def _machine_line() -> str:
 
 
 def _train_arm(config: str, run_dir: Path, sets: list[str], *, steps: int, val_every: int) -> None:
-    """Train one arm of a study unless its weights are already there (a rerun only redraws the report)."""
+    """Train one arm of a study unless its weights are already there (a rerun only redraws the report); an
+    arm stopped part-way continues from its last checkpoint (written at every validation)."""
     if (run_dir / "weights" / "model.safetensors").is_file():
         return
     sets = [*sets, f"train.steps={steps}", f"train.val_every={val_every}", f"train.ckpt_every={val_every}"]
-    T.run(["--config", config, "--out", str(run_dir), "--no-progress", *[a for x in sets for a in ("--set", x)]])
+    argv = ["--config", config, "--out", str(run_dir), "--no-progress", "--resume"]
+    T.run([*argv, *[a for x in sets for a in ("--set", x)]])
 
 
 def study_precision(args) -> dict:
@@ -276,8 +278,7 @@ def study_size(args) -> dict:
             "val_dice": reports[key]["mean"]["dice_mean"]["foreground"],
             "seconds_per_image": reports[key]["seconds_per_case"],
         }
-    first = next(iter(arms.values()))
-    data = D.DataSettings(**json.loads((Path(first["run"]) / "weights" / "training.json").read_text())["data"])
+    first = next(iter(arms.values()))  # every arm has the config's data settings (`data`)
     names = list(reports[next(iter(arms))]["cases"])
     share = {
         c.name: float((D.read_labels(c, data) > 0).mean())
@@ -290,9 +291,9 @@ def study_size(args) -> dict:
         "middle third": order[third : 2 * third],
         "largest third": order[2 * third :],
     }
-    fg = lambda case: float(np.mean(case["dice"][1:]))  # noqa: E731 - mean foreground Dice of one image
     for key, arm in arms.items():
-        arm["by_size"] = {g: float(np.mean([fg(reports[key]["cases"][n]) for n in ns])) for g, ns in groups.items()}
+        fg = {n: metrics.averages(c["dice"])["foreground"] for n, c in reports[key]["cases"].items()}
+        arm["by_size"] = {g: float(np.mean([fg[n] for n in ns])) for g, ns in groups.items()}
     bounds = {g: (share[ns[0]], share[ns[-1]]) for g, ns in groups.items()}
     command = (
         f"python -m train.studies size --config {args.config} --sizes {' '.join(map(str, args.sizes))} "
