@@ -50,3 +50,29 @@ def test_the_autocast_context_runs_the_matmul_in_the_named_dtype():
         assert (a @ a).dtype == torch.bfloat16
     with P.autocast("cpu", "fp32"):
         assert (a @ a).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("flags", "onednn", "native"),
+    [
+        ("fpu sse2 avx2 avx512f avx512bw avx512vl avx512_vnni", True, False),  # AVX-512 without bf16: emulated
+        ("fpu sse2 avx512f avx512bw avx512_bf16", True, True),
+        ("fpu sse2 avx512f amx_tile amx_bf16 amx_int8", True, True),
+        ("fpu sse2 avx512f avx512_bf16", False, False),  # a torch build whose oneDNN cannot run bf16
+    ],
+)
+def test_native_bf16_needs_the_cpu_flag_not_only_onednn(monkeypatch, tmp_path, flags, onednn, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n\n")
+    monkeypatch.setattr(P, "_cpu_flags", lambda: P._read_flags(str(cpuinfo)))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    assert P.cpu_has_native_bf16() is native
+    assert P.resolve("auto", "cpu", warn=False) == ("bf16" if native else "fp32")
+
+
+def test_without_readable_cpu_flags_onednn_decides(monkeypatch, tmp_path):
+    assert P._read_flags(str(tmp_path / "no-such-file")) is None
+    monkeypatch.setattr(P, "_cpu_flags", lambda: None)
+    for onednn in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda onednn=onednn: onednn)
+        assert P.cpu_has_native_bf16() is onednn
