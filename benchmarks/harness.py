@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/NAME.py` from a check
 
 import torch  # noqa: E402
 
-from medconddiff.precision import cpu_has_native_bf16  # noqa: E402
+from medconddiff.precision import cpu_has_native_bf16, proc_field  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -188,13 +188,10 @@ def machine(device: torch.device) -> dict:
         info["commit"] = commit + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
     except OSError:
         info["commit"] = None
-    for path, key, field in (("/proc/cpuinfo", "cpu", "model name"), ("/proc/meminfo", "memory_total_mb", "MemTotal")):
-        try:
-            line = next(x for x in Path(path).read_text().splitlines() if x.startswith(field))
-        except (OSError, StopIteration):
-            continue
-        value = line.split(":", 1)[1].strip()
-        info[key] = int(value.split()[0]) // 1024 if key == "memory_total_mb" else value
+    if cpu := proc_field("model name"):
+        info["cpu"] = cpu
+    if memory := proc_field("MemTotal", "/proc/meminfo"):
+        info["memory_total_mb"] = int(memory.split()[0]) // 1024
     if device.type == "cuda":
         info["gpu"], info["cuda"] = torch.cuda.get_device_name(device), torch.version.cuda
     info["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]

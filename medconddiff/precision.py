@@ -27,21 +27,23 @@ CHOICES = ("auto", *PRECISIONS)  # what a user may ask for
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of the instructions that run bf16 natively
 
 
-def _read_flags(path: str) -> set[str] | None:
-    """The CPU's feature flags as Linux lists them in `path`, or None where they cannot be read."""
+def proc_field(name: str, path: str = "/proc/cpuinfo") -> str | None:
+    """The value of the first `name : value` line of a Linux /proc file (the first CPU's, for cpuinfo),
+    or None where the file or the line is missing (not Linux)."""
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
+                if line.startswith(name):
+                    return line.partition(":")[2].strip()
     except OSError:
         return None
     return None
 
 
-def _cpu_flags() -> set[str] | None:
-    """This machine's CPU flags (None off Linux)."""
-    return _read_flags("/proc/cpuinfo")
+def cpu_flags() -> set[str] | None:
+    """This machine's CPU feature flags as Linux lists them (None off Linux)."""
+    flags = proc_field("flags")
+    return None if flags is None else set(flags.split())
 
 
 def cpu_has_native_bf16() -> bool:
@@ -54,7 +56,7 @@ def cpu_has_native_bf16() -> bool:
         onednn = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN's bf16 probe
         return False
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if flags is None:
         return onednn
     return onednn and any(flag in flags for flag in BF16_CPU_FLAGS)

@@ -64,15 +64,15 @@ def test_the_autocast_context_runs_the_matmul_in_the_named_dtype():
 def test_native_bf16_needs_the_cpu_flag_not_only_onednn(monkeypatch, tmp_path, flags, onednn, native):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n\n")
-    monkeypatch.setattr(P, "_cpu_flags", lambda: P._read_flags(str(cpuinfo)))
+    monkeypatch.setattr(P, "proc_field", lambda name, path=str(cpuinfo), read=P.proc_field: read(name, path))
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
     assert P.cpu_has_native_bf16() is native
     assert P.resolve("auto", "cpu", warn=False) == ("bf16" if native else "fp32")
 
 
 def test_without_readable_cpu_flags_onednn_decides(monkeypatch, tmp_path):
-    assert P._read_flags(str(tmp_path / "no-such-file")) is None
-    monkeypatch.setattr(P, "_cpu_flags", lambda: None)
+    assert P.proc_field("flags", str(tmp_path / "no-such-file")) is None
+    monkeypatch.setattr(P, "cpu_flags", lambda: None)
     for onednn in (True, False):
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda onednn=onednn: onednn)
         assert P.cpu_has_native_bf16() is onednn

@@ -14,7 +14,6 @@ into runs/studies/.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -144,11 +143,7 @@ def _machine_line() -> str:
 
     from medconddiff import precision
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name")).split(":")[
-            1
-        ]
+    cpu = precision.proc_field("model name") or platform.processor() or platform.machine()
     bf16 = "native bf16" if precision.cpu_has_native_bf16() else "no native bf16"
     return f"{cpu.strip()}, {os.cpu_count()} cores, {bf16}"
 
