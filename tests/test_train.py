@@ -224,3 +224,32 @@ def test_init_backbone_copies_only_the_image_encoder(tiny_model, tiny_weights):
     rgb = MedCondDiff(MedCondDiffConfig(image_size=64, image_channels=3, channel_names=["R", "G", "B"]))
     with pytest.raises(WeightsError, match="2 channel.*on 3"):
         init_backbone(rgb, str(tiny_weights))
+
+
+def test_init_whole_copies_every_weight_at_another_image_size(tiny_model, tiny_weights):
+    """--init: the 64 px donor's every tensor reaches a 96 px model (the network is convolutional); a
+    donor with other classes is refused with a message naming the tensors that differ."""
+    import torch
+
+    from medconddiff.config import MedCondDiffConfig
+    from medconddiff.errors import WeightsError
+    from medconddiff.model import MedCondDiff
+    from train.train import init_whole
+
+    torch.manual_seed(1)
+    model = MedCondDiff(MedCondDiffConfig(image_size=96))
+    n = init_whole(model, str(tiny_weights))
+    donor, after = tiny_model.state_dict(), model.state_dict()
+    assert n == len(after) == len(donor)
+    assert all(torch.equal(after[k], donor[k]) for k in after)
+
+    three = MedCondDiff(MedCondDiffConfig(image_size=64, num_classes=3, class_names=["bg", "a", "b"]))
+    with pytest.raises(WeightsError, match="not the same network.*other shape"):
+        init_whole(three, str(tiny_weights))
+
+
+def test_init_and_init_backbone_are_exclusive(tiny_run, tiny_weights, tmp_path):
+    cmd = [sys.executable, "-m", "train.train", "--config", str(tiny_run / "tiny.toml"), "--out", str(tmp_path / "o")]
+    cmd += ["--init", str(tiny_weights), "--init-backbone", str(tiny_weights)]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "give one of them" in r.stderr

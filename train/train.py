@@ -357,6 +357,38 @@ def init_backbone(model: MedCondDiff, spec: str) -> int:
             f"this model's is {mine.backbone} on {mine.image_channels}; they must match"
         )
     src = {k: v for k, v in donor.state_dict().items() if k.startswith(INIT_PREFIXES)}
+    return _copy_into(model, src)
+
+
+def init_whole(model: MedCondDiff, spec: str) -> int:
+    """Start every weight of `model` from a trained model with the same network (`--init`).
+
+    The second stage of "train most steps small, finish larger": the network is convolutional, so the
+    same weights run at another image size; classes, channels and widths must match tensor for tensor.
+    Returns the number of tensors copied; a donor whose tensors differ is refused, naming the first ones.
+    """
+    from medconddiff.errors import WeightsError
+    from medconddiff.hub import load_model
+
+    src = load_model(spec).state_dict()
+    own = model.state_dict()
+    missing = sorted(set(own) - set(src))
+    extra = sorted(set(src) - set(own))
+    shapes = [k for k in own.keys() & src.keys() if own[k].shape != src[k].shape]
+    if missing or extra or shapes:
+        parts = [
+            f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("missing there", missing), ("not in this model", extra), ("other shape", sorted(shapes)))
+            if keys
+        ]
+        raise WeightsError(
+            f"--init {spec}: not the same network as this config's ({'; '.join(parts)}); only the image size "
+            "and the sampling defaults may differ"
+        )
+    return _copy_into(model, src)
+
+
+def _copy_into(model: torch.nn.Module, src: dict[str, torch.Tensor]) -> int:
     own = model.state_dict()
     with torch.no_grad():
         for k, v in src.items():
@@ -435,6 +467,12 @@ def run(argv: list[str] | None = None) -> int:
         metavar="WEIGHTS",
         help="start the image encoder from another model (bundled name or folder), e.g. PH2 from kvasir-demo",
     )
+    ap.add_argument(
+        "--init",
+        metavar="WEIGHTS",
+        help="start every weight from a trained model of the same network (bundled name or folder), e.g. to "
+        "finish a 160 px run at 224 px",
+    )
     ap.add_argument("--stop-after", type=int, metavar="N", help="save a checkpoint and exit at step N")
     ap.add_argument(
         "--time-limit",
@@ -443,6 +481,8 @@ def run(argv: list[str] | None = None) -> int:
         help="save a checkpoint and exit before this much wall time has passed; continue with --resume",
     )
     args = ap.parse_args(argv)
+    if args.init and args.init_backbone:
+        ap.error("--init starts every weight, --init-backbone only the image encoder: give one of them")
     deadline = Deadline(args.time_limit)
 
     run = load_run_config(args.config, args.set)
@@ -518,6 +558,10 @@ def run(argv: list[str] | None = None) -> int:
         n = init_backbone(model, args.init_backbone)
         if is_main:
             log.info("image encoder (%d tensors) initialised from %s", n, args.init_backbone)
+    if args.init and not resuming:
+        n = init_whole(model, args.init)
+        if is_main:
+            log.info("every weight (%d tensors) initialised from %s", n, args.init)
     model = model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
