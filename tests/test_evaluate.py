@@ -59,18 +59,19 @@ def test_a_photograph_larger_than_the_model_reads_is_scored_at_its_own_size(tmp_
     from train.evaluate import predict_case
 
     data = _kvasir_folder(tmp_path)
-    for name in ("cju0roaw", "cju0s2a9"):  # 700 px: more than 4 x 128, the size the model reads at most
+    model = hub.load_model("kvasir-demo")
+    side = 4 * model.config.image_size + 60  # more than 4 x the model's size, the most it reads at
+    for name in ("cju0roaw", "cju0s2a9"):
         for sub, resample in (("images", Image.BICUBIC), ("masks", Image.NEAREST)):
             path = data / sub / f"{name}.jpg"
-            Image.open(path).resize((700, 700), resample).save(path, quality=100)
+            Image.open(path).resize((side, side), resample).save(path, quality=100)
     out = tmp_path / "big.json"
     common = ["--weights", "kvasir-demo", "--data", str(data), "--steps", "1", "--ensemble", "1", "--no-progress"]
     assert evaluate([*common, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    model = hub.load_model("kvasir-demo")
     scan = load_case([data / "images" / "cju0roaw.jpg"], model.config)
-    assert scan.data.shape[1:] != (700, 700)  # reduced as it was read
+    assert scan.data.shape[1:] != (side, side)  # reduced as it was read
     pred = scan.to_source(predict_case(model, scan, SamplingSettings(steps=1, ensemble=1)))
     truth = (np.asarray(Image.open(data / "masks" / "cju0roaw.jpg").convert("L")) > 127).astype(np.int64)
-    assert pred.shape == truth.shape == (700, 700)
+    assert pred.shape == truth.shape == (side, side)
     assert report["cases"]["cju0roaw"]["dice"][1] == pytest.approx(metrics.per_class(pred, truth, 2)["dice"][1])
