@@ -253,3 +253,20 @@ def test_init_and_init_backbone_are_exclusive(tiny_run, tiny_weights, tmp_path):
     cmd += ["--init", str(tiny_weights), "--init-backbone", str(tiny_weights)]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "give one of them" in r.stderr
+
+
+def test_validation_slices_are_spread_over_every_case():
+    """Validation takes its slices from the whole validation set, not from its first case: with three cases
+    stored one after the other, each holding tumour slices, every case is sampled, none twice, in order."""
+    import torch
+
+    from train.train import validation_indices
+
+    labels = torch.zeros(30, 4, 4, dtype=torch.uint8)
+    labels[[1, 2, 3, 4, 5, 11, 12, 13, 14, 21, 22, 23, 24, 25, 26], 0, 0] = 1  # three cases of ten slices
+    picked = validation_indices(labels, 6)
+    assert picked.tolist() == sorted(set(picked.tolist())) and len(picked) == 6
+    assert all(bool(labels[i].any()) for i in picked)
+    assert {int(i) // 10 for i in picked} == {0, 1, 2}
+    assert validation_indices(labels, 100).tolist() == (labels.flatten(1) > 0).any(1).nonzero().flatten().tolist()
+    assert validation_indices(torch.zeros(5, 4, 4, dtype=torch.uint8), 3).numel() == 0

@@ -161,6 +161,19 @@ def one_pass(model: MedCondDiff, image: torch.Tensor) -> torch.Tensor:
 # -- validation -------------------------------------------------------------------------------
 
 
+def validation_indices(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Up to `n` validation slices with foreground, evenly spread over all of them.
+
+    Cases are stored one after the other, so the first `n` slices with foreground would all come from
+    the first case or two (for BraTS, one of the four validation patients): the spread takes slices
+    from every case, in order, and the same ones at every validation of a run.
+    """
+    fg = (labels.flatten(1) > 0).any(1).nonzero().flatten()
+    if fg.numel() <= n:
+        return fg
+    return fg[torch.linspace(0, fg.numel() - 1, n).round().long()]
+
+
 @torch.inference_mode()
 def validate(model, val: D.SliceSet, settings: TrainSettings, device) -> dict[str, float]:
     """Foreground Dice per class on validation slices (model grid), fast sampling settings.
@@ -170,7 +183,7 @@ def validate(model, val: D.SliceSet, settings: TrainSettings, device) -> dict[st
     """
     model.eval()
     k = model.config.num_classes
-    fg = (val.labels.flatten(1) > 0).any(1).nonzero().flatten()[: settings.val_slices]
+    fg = validation_indices(val.labels, settings.val_slices)
     if fg.numel() == 0:
         return {}
     inter = torch.zeros(k)
