@@ -216,9 +216,8 @@ def run_arm(name: str, overrides: list[str], opts: dict) -> dict:
         train_minutes = json.loads(info_path.read_text()).get("wall_minutes", train_minutes)
     run = T.load_run_config(opts["config"], [*overrides, *common])
     _, val = T.prepare_data(run, Path(opts["out"]) / "cache")
-    keep = (val.labels.flatten(1) > 0).any(1).nonzero().flatten()  # images with something to find
-    if opts["max_val"] and keep.numel() > opts["max_val"]:
-        keep = keep[torch.linspace(0, keep.numel() - 1, opts["max_val"]).round().long()]
+    # images with something to find, evenly thinned to --max-val (0: all of them), as training validates
+    keep = T.validation_indices(val.labels, opts["max_val"] or len(val.labels))
     images, labels = val.images[keep], val.labels[keep]
     rows = []
     plain = 'train.objective="segmenter"' in overrides
